@@ -1,0 +1,105 @@
+"""Command line: parse arguments, load the config, run a command, turn errors into exit codes.
+
+The only module that exits or prints user-facing errors. `run` logs to stdout (the journal under
+systemd); `once`, `status` and `check-config` print their result on stdout and log to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from geod import __version__, logs
+from geod.config import Config, config_path, load_config
+from geod.daemon import Daemon
+from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
+from geod.store import Store
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config is accepted before and after the subcommand; SUPPRESS keeps the subparser's
+    # default from overwriting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $GEOD_CONFIG or /etc/geod/config.toml)")
+    parser = argparse.ArgumentParser(
+        prog="geod", parents=[common],
+        description="Fill NULL-country rows of an IP geolocation cache through ip-api.com.",
+    )
+    parser.add_argument("--version", action="version", version=f"geod {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    commands.add_parser("once", parents=[common], help="run one pass, print its summary, exit")
+    commands.add_parser("check-config", parents=[common],
+                        help="validate and print the effective config (secrets redacted)")
+    status = commands.add_parser("status", parents=[common], help="show the table's state")
+    status.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(config_path(getattr(args, "config", None)))
+    except GeodError as error:
+        return _fail(error)
+    stream = sys.stdout if args.command == "run" else sys.stderr
+    logs.configure(config.log.level, config.log.format, stream)
+    try:
+        if args.command == "check-config":
+            print(json.dumps(config.redacted(), indent=2))
+            return EXIT_OK
+        if args.command == "status":
+            return asyncio.run(_status(config, as_json=args.json))
+        if args.command == "once":
+            return asyncio.run(_once(config))
+        return asyncio.run(_run(config, stream))
+    except GeodError as error:
+        return _fail(error)
+    except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
+        return EXIT_OK
+    except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
+        print(f"geod: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _run(config: Config, stream: object) -> int:
+    def relog(new: Config) -> None:
+        logs.configure(new.log.level, new.log.format, sys.stdout)
+
+    await Daemon(config, on_reload=relog).run()
+    return EXIT_OK
+
+
+async def _once(config: Config) -> int:
+    summary = await Daemon(config).run_once()
+    if summary is not None:
+        print(summary.line())
+    return EXIT_OK
+
+
+async def _status(config: Config, *, as_json: bool) -> int:
+    store = await Store.open(config.database, config.source)
+    try:
+        counts = await store.status()
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(asdict(counts)))
+        return EXIT_OK
+    print(f"database      {config.database.path} (table {config.database.table})")
+    print(f"rows          {counts.rows}")
+    print(f"unresolved    {counts.unresolved}")
+    print(f"unresolvable  {counts.unresolvable}  (private, reserved or invalid: never sent)")
+    top = ", ".join(f"{code} {n}" for code, n in counts.top_countries) or "none yet"
+    print(f"top countries {top}")
+    return EXIT_OK
+
+
+def _fail(error: BaseException) -> int:
+    print(f"geod: {error}", file=sys.stderr)
+    return exit_code_for(error)

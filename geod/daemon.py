@@ -1,0 +1,203 @@
+"""The daemon's lifecycle: start -> loop of passes -> stop, owned by one class.
+
+Signal handlers only record intent (events); the loop acts on it at safe points. A stop cancels
+the running pass, which lands in an HTTP call or a wait; the write of results already received
+is shielded in `resolve`. Every wait here is "timeout or woken", never a polling tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+
+import aiohttp
+import structlog
+
+from geod.config import Config, load_config
+from geod.errors import ConfigError
+from geod.ipapi import IpApiClient, make_session
+from geod.negcache import NegativeCache
+from geod.provider import Provider
+from geod.ratelimit import RateGovernor
+from geod.resolve import PassSummary, run_pass
+from geod.store import Store
+
+log = structlog.get_logger("geod.daemon")
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Daemon:
+    """Runs passes every `interval`; SIGHUP reloads and passes now; SIGTERM/SIGINT stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
+        handle_signals: bool = True,
+        provider: Provider | None = None,
+        on_reload: Callable[[Config], None] | None = None,
+        on_pass_done: Callable[[PassSummary], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.stop_requested = asyncio.Event()
+        self.reload_requested = asyncio.Event()
+        self.passes = 0
+        self._clock: Clock = clock or asyncio.get_running_loop().time
+        self._sleep = sleep
+        self._handle_signals = handle_signals
+        self._fixed_provider = provider
+        self._on_reload = on_reload
+        self._on_pass_done = on_pass_done
+        self._wake = asyncio.Event()
+        self._pass_task: asyncio.Task[PassSummary] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._pass_ids = itertools.count(1)
+        neg = config.negative_cache
+        self.negcache = NegativeCache(neg.ttl, neg.max_ttl, self._clock)
+        # One governor for the life of the process: the rate-limit window outlives a reload.
+        self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep)
+        self.provider: Provider | None = provider
+
+    # -- intent: called from signal handlers or tests; they never act directly ---------------
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        self._wake.set()
+        if self._pass_task is not None and not self._pass_task.done():
+            self._pass_task.cancel()
+
+    def request_reload(self) -> None:
+        self.reload_requested.set()
+        self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """`geod run`: start, loop until stopped, stop. Returns normally on SIGTERM/SIGINT."""
+        await self.startup()
+        try:
+            log.info("geo_re_resolve_scheduled", interval_seconds=self.config.daemon.interval,
+                     initial_delay_seconds=self.config.daemon.initial_delay)
+            await self._wait(self.config.daemon.initial_delay)
+            while not self.stop_requested.is_set():
+                if self.reload_requested.is_set():
+                    self._reload()
+                await self.run_pass()
+                await self._wait(self.config.daemon.interval)
+        finally:
+            await self.shutdown()
+
+    async def run_once(self) -> PassSummary | None:
+        """`geod once`: the same pass as `run`, exactly once. None if stopped before it ended."""
+        await self.startup()
+        try:
+            return await self.run_pass()
+        finally:
+            await self.shutdown()
+
+    async def startup(self) -> None:
+        """Check the database can be opened (fail fast), then set up HTTP and signals.
+
+        Raises:
+            ConfigError / StoreError: the database or table is not usable.
+        """
+        store = await Store.open(self.config.database, self.config.source)
+        await store.close()
+        self._session = make_session()
+        if self.provider is None:
+            self.provider = self._make_provider(self._session)
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+
+    async def shutdown(self) -> None:
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        log.info("shutdown", passes=self.passes)
+
+    async def run_pass(self) -> PassSummary | None:
+        """Run one pass as a task a stop can cancel. Errors are logged, never raised."""
+        structlog.contextvars.bind_contextvars(pass_id=next(self._pass_ids))
+        self._pass_task = asyncio.create_task(self._pass())
+        try:
+            summary = await self._pass_task
+        except asyncio.CancelledError:
+            if not self.stop_requested.is_set():
+                raise  # cancelled from outside, not by our own stop: let it propagate
+            log.info("geo_re_resolve_interrupted", reason="stop")
+            return None
+        except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
+            log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
+                      error_type=type(error).__name__)
+            return None
+        else:
+            self.passes += 1
+            if summary.unresolved:  # an empty pass already logged geo_re_resolve_skip
+                fields = asdict(summary)
+                del fields["unresolved"]
+                log.info("geo_re_resolve_complete", **fields)
+            if self._on_pass_done is not None:
+                self._on_pass_done(summary)
+            return summary
+        finally:
+            self._pass_task = None
+            structlog.contextvars.unbind_contextvars("pass_id")
+
+    async def _pass(self) -> PassSummary:
+        if self.provider is None:
+            raise RuntimeError("Daemon.startup() must run before a pass")
+        store = await Store.open(self.config.database, self.config.source)
+        try:
+            return await run_pass(store, self.provider, self.negcache, clock=self._clock)
+        finally:
+            await store.close()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Re-read the config (keep the old one if the new is bad); always clear the cache."""
+        self.reload_requested.clear()
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as error:
+            log.error("config_reload_failed", reason=str(error))
+        else:
+            self.config = new
+            self.governor.reserve = new.ipapi.reserve
+            self.negcache.ttl = new.negative_cache.ttl
+            self.negcache.max_ttl = new.negative_cache.max_ttl
+            if self._fixed_provider is None and self._session is not None:
+                self.provider = self._make_provider(self._session)
+            if self._on_reload is not None:
+                self._on_reload(new)
+            log.info("config_reloaded", path=new.source)
+        log.info("negative_cache_cleared", entries=self.negcache.clear())
+
+    def _make_provider(self, session: aiohttp.ClientSession) -> Provider:
+        return IpApiClient(self.config.ipapi, session, self.governor, sleep=self._sleep)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""
+        if seconds > 0 and not self._wake.is_set():
+            sleeper = asyncio.ensure_future(self._sleep(seconds))
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                woken.cancel()
+        self._wake.clear()

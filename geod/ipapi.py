@@ -1,0 +1,255 @@
+"""ip-api.com batch client: the only code that talks to the network.
+
+Every response is hostile until proven otherwise: the body size is capped, the shape checked and
+each answer matched to its query by position and echo. Rate-limit pacing (`RateGovernor`) happens
+before a request; tenacity retries after a failure. Neither ever sends a request in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from geod import __version__
+from geod.config import IpApiConfig
+from geod.provider import Geo, Lookup, Outcome
+from geod.ratelimit import RateGovernor
+
+log = structlog.get_logger("geod.ipapi")
+
+FIELDS = "status,message,query,country,countryCode,as,org"
+MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
+MAX_TEXT = 256  # country names and org strings longer than this are not plausible answers
+USER_AGENT = f"geod/{__version__}"
+PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
+_COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
+_ASN = re.compile(r"AS(\d{1,10})(?:\s|$)")
+
+
+class IpApiError(Exception):
+    """A failed batch request, with whatever the server said about when to come back."""
+
+    def __init__(
+        self,
+        reason: str,
+        status: int | None = None,
+        ttl: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.ttl = ttl
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}: " if self.status is not None else ""
+        return f"{where}{self.reason}"
+
+
+def is_retryable(error: BaseException) -> bool:
+    """429, 5xx, timeouts and connection trouble are worth another attempt; nothing else is."""
+    if isinstance(error, IpApiError):
+        return error.status is not None and (error.status == 429 or error.status >= 500)
+    return isinstance(error, asyncio.TimeoutError | aiohttp.ClientError)
+
+
+class _wait_for_server:
+    """tenacity wait: the server's own delay when it gave one, else exponential back-off."""
+
+    def __init__(self) -> None:
+        self._fallback = wait_exponential_jitter(initial=1, max=60, jitter=1)
+
+    def __call__(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, IpApiError):
+            delay = error.ttl if error.ttl is not None else error.retry_after
+            if delay is not None:
+                return delay + 0.1  # past the reset, not on it (X-Ttl is whole seconds)
+        return float(self._fallback(state))
+
+
+class IpApiClient:
+    """The ip-api provider: one request at a time, paced by the shared `RateGovernor`."""
+
+    name = "ip-api"
+
+    def __init__(
+        self,
+        config: IpApiConfig,
+        session: aiohttp.ClientSession,
+        governor: RateGovernor,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.batch_size = config.batch_size
+        self._config = config
+        self._session = session
+        self._governor = governor
+        self._sleep = sleep
+        # Against a count limit, parallel requests buy nothing and make X-Rl bookkeeping racy.
+        self._lock = asyncio.Lock()
+        self.requests = 0
+        self.rate_limited = 0
+
+    async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
+        """Resolve one batch; a batch whose attempts are used up comes back as FAILED lookups."""
+        async with self._lock:
+            try:
+                payload = await self._post_with_retries(addresses)
+            except IpApiError as error:
+                reason = str(error)
+            except (TimeoutError, aiohttp.ClientError) as error:
+                reason = _describe(error)
+            else:
+                return parse_batch(payload, addresses, source=self.name)
+        log.warning("lookup_failed", reason=reason, addresses=len(addresses))
+        return [Lookup(a, Outcome.FAILED, reason=reason, source=self.name) for a in addresses]
+
+    async def _post_with_retries(self, addresses: Sequence[str]) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._config.max_attempts),
+            wait=_wait_for_server(),
+            retry=retry_if_exception(is_retryable),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._governor.wait_turn()
+                return await self._post(addresses)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _post(self, addresses: Sequence[str]) -> Any:
+        params = {"fields": FIELDS}
+        if self._config.key:
+            params["key"] = self._config.key
+        timeout = aiohttp.ClientTimeout(total=self._config.timeout)
+        self.requests += 1
+        async with self._session.post(
+            self._config.url, json=list(addresses), params=params, timeout=timeout
+        ) as response:
+            remaining, ttl = _header_int(response, "X-Rl"), _header_int(response, "X-Ttl")
+            self._governor.observe(remaining, ttl)
+            if response.status == 429:
+                self.rate_limited += 1
+                retry_after = _header_int(response, "Retry-After")
+                if ttl is None and retry_after is not None:
+                    self._governor.block_for(retry_after)
+                raise IpApiError("rate limited", 429, ttl=ttl, retry_after=retry_after)
+            if response.status != 200:
+                raise IpApiError("unexpected status", response.status)
+            if response.content_type != "application/json":
+                raise IpApiError(f"unexpected content type {response.content_type[:40]!r}", 200)
+            body = await _read_capped(response, MAX_BODY)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise IpApiError("malformed JSON in answer", 200) from None
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(error, IpApiError) and error.status == 429:
+            log.warning("rate_limited", ttl=error.ttl, retry_after=error.retry_after,
+                        attempt=state.attempt_number, wait_s=round(wait, 2))
+        else:
+            reason = str(error) if isinstance(error, IpApiError) else _describe(error)
+            log.warning("request_retry", reason=reason, attempt=state.attempt_number,
+                        wait_s=round(wait, 2))
+
+
+def parse_batch(payload: Any, asked: Sequence[str], source: str = "ip-api") -> list[Lookup]:
+    """Turn an untrusted batch answer into one Lookup per asked address.
+
+    An answer of the wrong shape or length fails the whole batch: positions cannot be trusted.
+    Each item must echo its query; any invalid value fails that item, never writes it.
+    """
+    if not isinstance(payload, list) or len(payload) != len(asked):
+        got = f"{len(payload)} items" if isinstance(payload, list) else type(payload).__name__
+        reason = f"answer has {got} for {len(asked)} asked"
+        return [Lookup(a, Outcome.FAILED, reason=reason, source=source) for a in asked]
+    pairs = zip(payload, asked, strict=True)
+    return [_parse_item(item, address, source) for item, address in pairs]
+
+
+def _parse_item(item: Any, address: str, source: str) -> Lookup:
+    def failed(reason: str) -> Lookup:
+        return Lookup(address, Outcome.FAILED, reason=reason, source=source)
+
+    if not isinstance(item, dict):
+        return failed("answer item is not an object")
+    if item.get("query") != address:
+        return failed("answer does not echo the query")
+    status = item.get("status")
+    if status == "fail":
+        message = item.get("message")
+        if message in PERMANENT_FAILS:
+            return Lookup(address, Outcome.UNRESOLVABLE, reason=str(message), source=source)
+        return failed("fail: " + (message[:60] if isinstance(message, str) else "no message"))
+    if status != "success":
+        return failed("answer has no valid status")
+    code = item.get("countryCode")
+    if not isinstance(code, str) or not _COUNTRY_CODE.fullmatch(code):
+        return failed("answer has no valid country code")
+    try:
+        name = _text(item.get("country"))
+        org = _text(item.get("org"))
+        asn_field = _text(item.get("as"))
+    except ValueError as error:
+        return failed(str(error))
+    match = _ASN.match(asn_field) if asn_field else None
+    geo = Geo(code.upper(), name, f"AS{match.group(1)}" if match else None, org)
+    return Lookup(address, Outcome.RESOLVED, geo=geo, source=source)
+
+
+def _text(value: Any) -> str | None:
+    """An optional answer string: None when absent or empty; invalid when not plausible text."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
+        raise ValueError("answer has an implausible text field")
+    return value
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    if response.content_length is not None and response.content_length > cap:
+        raise IpApiError(f"answer larger than {cap} bytes", 200)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > cap:
+            raise IpApiError(f"answer larger than {cap} bytes", 200)
+    return bytes(body)
+
+
+def _header_int(response: aiohttp.ClientResponse, name: str) -> int | None:
+    value = response.headers.get(name, "")
+    return int(value) if value.isdigit() and len(value) <= 9 else None
+
+
+def _describe(error: BaseException | None) -> str:
+    """A one-line reason for a network error, without URLs (they may carry the key)."""
+    if isinstance(error, asyncio.TimeoutError):
+        return "request timed out"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect: {error.os_error.strerror or type(error.os_error).__name__}"
+    return type(error).__name__ if error else "unknown error"
+
+
+def make_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
+    """The one HTTP session geod keeps across passes."""
+    return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT, **(headers or {})})
