@@ -1,0 +1,102 @@
+"""Shared fixtures: real SQLite files, a fake clock, captured logs, the fake ip-api server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+DEFAULT_SCHEMA = (
+    "CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
+    "asn TEXT, org TEXT, cached_at TEXT)"
+)
+
+
+class FakeClock:
+    """A monotonic clock that only moves when something sleeps on it (or a test advances it)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)  # still yield, so a sleeping task stays cancellable
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Every test starts from structlog's defaults, whatever the last one configured."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every event logged during the test, as dicts (structlog.testing.capture_logs)."""
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as captured:
+        yield captured
+
+
+def events(captured: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in captured if entry["event"] == name]
+
+
+MakeDb = Callable[..., Path]
+
+
+@pytest.fixture
+def make_db(tmp_path: Path) -> MakeDb:
+    """Create a real SQLite file: make_db(rows=[(ip, country_code), ...], schema=..., name=...)."""
+
+    def make(
+        rows: Iterable[tuple[Any, ...]] = (),
+        schema: str = DEFAULT_SCHEMA,
+        name: str = "geo.db",
+        insert: str = "INSERT INTO geo_cache (ip, country_code) VALUES (?, ?)",
+    ) -> Path:
+        path = tmp_path / name
+        with sqlite3.connect(path) as conn:
+            conn.execute(schema)
+            conn.executemany(insert, list(rows))
+        conn.close()
+        return path
+
+    return make
+
+
+def read_rows(path: Path, table: str = "geo_cache") -> dict[str, dict[str, Any]]:
+    """All rows of `table`, keyed by ip, as dicts."""
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {row["ip"]: dict(row) for row in conn.execute(f"SELECT * FROM {table}")}  # noqa: S608
+    finally:
+        conn.close()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

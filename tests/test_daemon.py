@@ -1,0 +1,232 @@
+"""Daemon lifecycle in-process, with fake time: schedule, reload, stop, errors inside a pass."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from geod.config import Config, load_config
+from geod.daemon import Daemon
+from geod.errors import ConfigError
+from geod.resolve import PassSummary
+from tests.conftest import FakeClock, MakeDb, events, read_rows, write_config
+from tests.fake_ipapi import FakeIpApi
+
+Logs = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
+    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
+    server: TestServer = await aiohttp_server(fake.app)
+    return fake, str(server.make_url("/batch"))
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, fake_server: tuple[FakeIpApi, str]) -> Callable[..., Config]:
+    def make(extra: str = "", interval: float = 600, initial_delay: float = 0) -> Config:
+        path = write_config(tmp_path / "geod.toml", f"""
+[daemon]
+interval = {interval}
+initial_delay = {initial_delay}
+[ipapi]
+url = "{fake_server[1]}"
+{extra}
+""")
+        return load_config(path)
+    return make
+
+
+def daemon_for(config: Config, clock: FakeClock,
+               on_pass_done: Callable[[PassSummary], None] | None = None) -> Daemon:
+    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False,
+                  on_pass_done=on_pass_done)
+
+
+async def test_schedule_waits_initial_delay_then_interval(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """It logs the schedule, waits initial_delay, then passes every interval until stopped."""
+    make_db([("8.8.8.8", None)])
+    summaries: list[PassSummary] = []
+
+    def done(summary: PassSummary) -> None:
+        summaries.append(summary)
+        if len(summaries) == 3:
+            daemon.request_stop()
+
+    daemon = daemon_for(make_config(interval=600, initial_delay=30), fake_clock, done)
+    await daemon.run()
+    assert events(logs, "geo_re_resolve_scheduled")[0]["interval_seconds"] == 600
+    assert fake_clock.sleeps == [30, 600, 600]
+    assert summaries[0].resolved == 1
+    assert [len(events(logs, e)) for e in ("geo_re_resolve_complete", "geo_re_resolve_skip")] \
+        == [1, 2]
+    assert events(logs, "shutdown")
+
+
+async def test_reload_mid_pass_coalesces_into_one_pass(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
+    """Many reload requests during a pass give exactly one extra pass right after it."""
+    make_db([("8.8.8.8", None)])
+    fake, _ = fake_server
+    started = asyncio.Event()
+    release = asyncio.Event()
+    original = fake.answer_for
+
+    passes: list[PassSummary] = []
+
+    def done(summary: PassSummary) -> None:
+        passes.append(summary)
+        if len(passes) == 2:
+            daemon.request_stop()
+
+    daemon = daemon_for(make_config(interval=600), fake_clock, done)
+
+    async def hold() -> None:
+        await started.wait()
+        for _ in range(50):
+            daemon.request_reload()
+        release.set()
+
+    def answer(ip: str, fields: set[str] | None) -> dict[str, object]:
+        started.set()
+        return original(ip, fields)
+
+    fake.answer_for = answer  # type: ignore[method-assign]
+    holder = asyncio.create_task(hold())
+    await daemon.run()
+    await holder
+    assert len(passes) == 2
+    assert len(events(logs, "config_reloaded")) == 1
+    # The second pass came from the reload, not from the interval: no 600 s sleep before it.
+    assert 600 not in fake_clock.sleeps
+
+
+async def test_reload_applies_new_config_and_clears_negative_cache(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """A reload re-reads the file (new batch size), clears the negative cache, passes now."""
+    make_db([("8.8.8.8", None)])
+    config = make_config()
+    passes = 0
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            daemon.negcache.record_failure("1.2.3.4")
+            Path(config.source).write_text(
+                Path(config.source).read_text() + "batch_size = 7\n")
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = daemon_for(config, fake_clock, done)
+    await daemon.run()
+    assert daemon.config.ipapi.batch_size == 7
+    assert daemon.provider is not None and daemon.provider.batch_size == 7
+    assert events(logs, "negative_cache_cleared")[0]["entries"] == 1
+    assert len(daemon.negcache) == 0
+
+
+async def test_invalid_reload_keeps_old_config_and_still_passes(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """A bad config on reload logs config_reload_failed (error), keeps the old one, passes."""
+    make_db([("8.8.8.8", None)])
+    config = make_config()
+    passes = 0
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            Path(config.source).write_text("[daemon]\ninterval = -1\n")
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = daemon_for(config, fake_clock, done)
+    await daemon.run()
+    [failed] = events(logs, "config_reload_failed")
+    assert failed["log_level"] == "error" and "[daemon] interval" in failed["reason"]
+    assert daemon.config is config
+    assert passes == 2
+
+
+async def test_stop_during_rate_limit_wait_keeps_results(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        fake_server: tuple[FakeIpApi, str]) -> None:
+    """A stop during an X-Ttl wait ends the run at once; batches already answered are kept."""
+    db = make_db([("8.8.8.8", None), ("1.1.1.1", None), ("9.9.9.9", None)])
+    fake, _ = fake_server
+    fake.spend(13, tenant="dashboard")  # two requests left in this window
+    stopped_in_wait = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        if seconds > 10:  # the rate-limit wait: stop here, as SIGTERM would
+            daemon.request_stop()
+            stopped_in_wait.set()
+        await fake_clock.sleep(seconds)
+        await asyncio.Event().wait()  # a real wait would still be running
+
+    daemon = Daemon(make_config("batch_size = 1"), clock=fake_clock, sleep=sleep,
+                    handle_signals=False)
+    await asyncio.wait_for(daemon.run(), timeout=5)
+    assert stopped_in_wait.is_set()
+    resolved = [ip for ip, row in read_rows(db).items() if row["country_code"]]
+    assert len(resolved) == 2
+
+
+async def test_errors_inside_a_pass_do_not_stop_the_daemon(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """A database that disappears between passes is logged as an error; the daemon goes on."""
+    db = make_db([("8.8.8.8", None)])
+    config = make_config('[database]\ncreate = false')
+    passes = 0
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        db.unlink()
+
+    daemon = daemon_for(config, fake_clock, done)
+    original = daemon.run_pass
+
+    async def run_pass_and_stop_after_error() -> PassSummary | None:
+        result = await original()
+        if events(logs, "geo_re_resolve_error"):
+            daemon.request_stop()
+        return result
+
+    daemon.run_pass = run_pass_and_stop_after_error  # type: ignore[method-assign]
+    await daemon.run()
+    [error] = events(logs, "geo_re_resolve_error")[:1]
+    assert error["log_level"] == "error" and "opening database" in error["error"]
+    assert passes == 1
+
+
+async def test_startup_fails_fast_on_missing_table(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
+    """A missing table with create = false is a ConfigError before any pass."""
+    make_db(schema="CREATE TABLE other (a, b)", insert="INSERT INTO other VALUES (?, ?)")
+    daemon = daemon_for(make_config('[database]\ncreate = false'), fake_clock)
+    with pytest.raises(ConfigError, match=r"\[database\] table"):
+        await daemon.run()
+
+
+async def test_run_once_returns_the_summary(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
+    """run_once runs exactly one pass and returns its summary."""
+    make_db([("8.8.8.8", None), ("10.0.0.1", None)])
+    summary = await daemon_for(make_config(), fake_clock).run_once()
+    assert summary is not None
+    assert (summary.resolved, summary.unresolvable) == (1, 1)
