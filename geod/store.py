@@ -8,6 +8,7 @@ one short write transaction.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class Store:
         mode = "rwc" if config.create else "rw"
         uri = f"{PurePath(config.path).as_uri()}?mode={mode}"  # config made the path absolute
         try:
+            # Probe with plain sqlite3 first: when aiosqlite.connect itself fails (0.22), its
+            # worker thread later calls into the event loop, which prints a traceback if the
+            # loop has closed by then (`geod once` / `status` exiting on that very error).
+            await asyncio.to_thread(_probe, uri)
             conn = await aiosqlite.connect(
                 uri, uri=True, timeout=config.busy_timeout, isolation_level=None
             )
@@ -168,6 +173,10 @@ class Store:
         async with self._conn.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _probe(uri: str) -> None:
+    sqlite3.connect(uri, uri=True).close()
 
 
 def _field(geo: Geo, name: str, resolved_at: str) -> str | None:
