@@ -143,10 +143,9 @@ class Store:
         ]
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
-            changed = 0
-            for row in params:  # executemany's rowcount is unreliable across sqlite versions
-                async with self._conn.execute(sql, row) as cur:
-                    changed += max(cur.rowcount, 0)
+            # One executemany is one hop to the sqlite thread; rowcount sums every UPDATE's rows.
+            async with self._conn.executemany(sql, params) as cur:
+                changed = max(cur.rowcount, 0)
             await self._conn.execute("COMMIT")
         except BaseException:
             await self._conn.execute("ROLLBACK")
