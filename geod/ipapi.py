@@ -143,7 +143,9 @@ class IpApiClient:
             self._config.url, json=list(addresses), params=params, timeout=timeout
         ) as response:
             remaining, ttl = _header_int(response, "X-Rl"), _header_int(response, "X-Ttl")
-            self._governor.observe(remaining, ttl)
+            # A 429 or a 5xx did not use quota; any X-Rl drop around it was someone else's.
+            served = response.status < 500 and response.status != 429
+            self._governor.observe(remaining, ttl, served=served)
             if response.status == 429:
                 self.rate_limited += 1
                 retry_after = _header_int(response, "Retry-After")
@@ -197,7 +199,7 @@ def _parse_item(item: Any, address: str, source: str) -> Lookup:
     status = item.get("status")
     if status == "fail":
         message = item.get("message")
-        if message in PERMANENT_FAILS:
+        if isinstance(message, str) and message in PERMANENT_FAILS:
             return Lookup(address, Outcome.UNRESOLVABLE, reason=str(message), source=source)
         return failed("fail: " + (message[:60] if isinstance(message, str) else "no message"))
     if status != "success":

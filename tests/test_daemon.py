@@ -177,7 +177,7 @@ async def test_stop_during_rate_limit_wait_keeps_results(
         await fake_clock.sleep(seconds)
         await asyncio.Event().wait()  # a real wait would still be running
 
-    daemon = Daemon(make_config("batch_size = 1"), clock=fake_clock, sleep=sleep,
+    daemon = Daemon(make_config("batch_size = 1\nshare = \"off\""), clock=fake_clock, sleep=sleep,
                     handle_signals=False)
     await asyncio.wait_for(daemon.run(), timeout=5)
     assert stopped_in_wait.is_set()
