@@ -3,7 +3,8 @@
 `FakeIpApi.app` serves POST /batch and GET /json/{ip} with deterministic answers, a fixed-window
 rate limit shared by every tenant (X-Rl / X-Ttl, 429), permanent bans, FIFO fault injection and a
 record of every request. It does not model the pro service (a `key` is only recorded) or real data.
-As a process: `python -m tests.fake_ipapi --port 0 [--log FILE]` prints `listening http://HOST:PORT`.
+As a process: `python -m tests.fake_ipapi --port 0 [--log FILE] [--fault SPEC ...]` prints
+`listening http://HOST:PORT`; each `--fault` queues one fault (see `Fault.parse`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ class Fault:
     status: int | None = None  # for kind="status"; None means 500
     delay: float = 0.0
     headers: bool = True  # kind="status": send X-Rl/X-Ttl
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        """`KIND[:STATUS][@DELAY][!]`: e.g. `slow@30`, `status:503`, `status:429!` (no headers).
+
+        `slow@0` is a normal answer: queue it first to fault a later request, not the next one.
+        """
+        headers = not spec.endswith("!")
+        spec = spec.rstrip("!")
+        spec, _, delay = spec.partition("@")
+        kind, _, status = spec.partition(":")
+        return cls(kind, int(status) if status else None, float(delay or 0), headers)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -456,6 +469,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ban-after", type=int, default=30, help="429s before a tenant is banned")
     parser.add_argument("--max-items", type=int, default=100, help="batch items before 422")
     parser.add_argument("--log", help="append one JSON line per recorded request to this file")
+    parser.add_argument("--fault", action="append", default=[], type=Fault.parse,
+                        metavar="KIND[:STATUS][@DELAY][!]",
+                        help="queue a fault for the next request (repeat for later ones)")
     return parser
 
 
@@ -482,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = FakeIpApi(
         limit=args.limit, window=args.window, ban_after=args.ban_after, max_items=args.max_items
     )
+    fake.faults.extend(args.fault)
     if args.log is None:
         return asyncio.run(_serve(fake, args.host, args.port))
     with open(args.log, "a", encoding="utf-8") as log:

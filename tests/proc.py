@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -86,13 +86,19 @@ class FakeServer(NamedTuple):
 
 
 @contextmanager
-def start_fake_ipapi(tmp_path: Path, limit: int = 15, window: float = 60.0) -> Iterator[FakeServer]:
-    """Start the fake ip-api server on a free loopback port; stop it when the block ends."""
+def start_fake_ipapi(
+    tmp_path: Path, limit: int = 15, window: float = 60.0, faults: Sequence[str] = ()
+) -> Iterator[FakeServer]:
+    """Start the fake ip-api server on a free loopback port; stop it when the block ends.
+
+    `faults` are `--fault` specs (`Fault.parse`), queued for the first requests in order.
+    """
     log_path = tmp_path / f"fake-ipapi-{time.monotonic_ns()}.jsonl"
     stderr_path = log_path.with_suffix(".stderr")
     cmd = [
         sys.executable, "-m", "tests.fake_ipapi", "--host", "127.0.0.1", "--port", "0",
         "--limit", str(limit), "--window", str(window), "--log", str(log_path),
+        *(arg for spec in faults for arg in ("--fault", spec)),
     ]  # fmt: skip
     with open(stderr_path, "w", encoding="utf-8") as stderr:
         proc = subprocess.Popen(
