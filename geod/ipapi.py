@@ -159,7 +159,7 @@ class IpApiClient:
             body = await _read_capped(response, MAX_BODY)
         try:
             return json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting ("[[[[...") recurses, 1 MiB or not
             raise IpApiError("malformed JSON in answer", 200) from None
 
     def _log_retry(self, state: RetryCallState) -> None:

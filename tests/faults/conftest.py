@@ -1,0 +1,80 @@
+"""Shared pieces of the fault suite: a mixed table, a fake server on fake time, a daemon maker."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from geod.config import Config, load_config
+from geod.daemon import Daemon
+from tests.conftest import FakeClock, MakeDb, write_config
+from tests.fake_ipapi import FakeIpApi
+
+# Stored keys: public ones (two of them one address), ones that must never leave the host, and
+# rows the app already decided (a country, or '' for "looked up, unknown").
+PUBLIC = [
+    "8.8.8.8", "1.1.1.1", "8.8.4.4", "9.9.9.9", "208.67.222.222", "2606:4700:4700::1111",
+    "::ffff:4.2.2.2", " 1.0.0.1 ", "1.0.0.1",
+]  # fmt: skip
+NEVER_SENT = [
+    "10.0.0.1", "192.168.1.1", "127.0.0.1", "::1", "fe80::1", "100.64.0.1", "224.0.0.1",
+    "64:ff9b::a00:1", "not-an-ip", "",
+]  # fmt: skip
+DECIDED = [
+    ("8.26.56.26", "FR", "France", "AS1", "Example", "2024-01-01T00:00:00Z"),
+    ("4.4.4.4", "", None, None, None, None),
+]
+ADDRESSES = 8  # distinct public addresses in PUBLIC
+
+
+@pytest.fixture
+def fault_db(make_db: MakeDb) -> Path:
+    """The mixed table every in-process scenario starts from."""
+    db = make_db([(ip, None) for ip in [*PUBLIC, *NEVER_SENT]])
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO geo_cache VALUES (?, ?, ?, ?, ?, ?)", DECIDED)
+    conn.close()
+    return db
+
+
+@pytest.fixture
+async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
+    """The strict fake on the test's fake clock (its windows move with geod's waits)."""
+    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
+    server: TestServer = await aiohttp_server(fake.app)
+    return fake, str(server.make_url("/batch"))
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, fault_db: Path, fake_server: tuple[FakeIpApi, str]) -> MakeConfig:
+    """make_config(url=, database="more TOML", db=other file, **ipapi): a loaded config."""
+
+    def make(url: str | None = None, database: str = "", db: Path | None = None,
+             **ipapi: Any) -> Config:
+        settings = {"batch_size": 4, "max_attempts": 3, "timeout": 0.5, **ipapi}
+        lines = "\n".join(f"{key} = {value!r}".replace("'", '"') for key, value in settings.items())
+        path = write_config(tmp_path / "geod.toml", f"""
+[database]
+path = "{db or fault_db}"
+busy_timeout = 0.3
+{database}
+[ipapi]
+url = "{url or fake_server[1]}"
+{lines}
+""")
+        return load_config(path)
+
+    return make
+
+
+def daemon(config: Config, clock: FakeClock) -> Daemon:
+    """The real daemon on fake time, without signal handlers (tests call request_* instead)."""
+    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False)
