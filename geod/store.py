@@ -148,7 +148,10 @@ class Store:
                 changed = max(cur.rowcount, 0)
             await self._conn.execute("COMMIT")
         except BaseException:
-            await self._conn.execute("ROLLBACK")
+            # After some errors (disk full, I/O) SQLite has rolled back already; a ROLLBACK
+            # then fails with "no transaction is active" and would hide the error that matters.
+            if self._conn.in_transaction:
+                await self._conn.execute("ROLLBACK")
             raise
         return changed
 
