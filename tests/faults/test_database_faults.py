@@ -330,3 +330,20 @@ async def test_disk_full(make_config: MakeConfig, fake_clock: FakeClock, fault_d
             await geod.shutdown()
         assert summary is not None and summary.resolved == len(before) - len(NEVER_SENT) - 2
         assert_invariants(before, db, fake.requests)
+
+
+async def test_error_that_already_rolled_back_is_the_one_reported(
+        make_config: MakeConfig, fake_clock: FakeClock, fault_db: Path,
+        fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
+    """An error after which SQLite has rolled back by itself (as on a full disk; here an app's
+    trigger doing RAISE(ROLLBACK)) is the error logged, not a failed second ROLLBACK."""
+    fake, _ = fake_server
+    with sqlite3.connect(fault_db) as conn:
+        conn.execute("CREATE TRIGGER app_says_no BEFORE UPDATE ON geo_cache "
+                     "BEGIN SELECT RAISE(ROLLBACK, 'the app says no'); END")
+    conn.close()
+    before = snapshot(fault_db)
+    assert await daemon(make_config(), fake_clock).run_once() is None
+    [error] = events(logs, "geo_re_resolve_error")
+    assert error["error"] == "the app says no"
+    assert_invariants(before, fault_db, fake.requests)
