@@ -250,6 +250,11 @@ def _describe(error: BaseException | None) -> str:
     return type(error).__name__ if error else "unknown error"
 
 
-def make_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
-    """The one HTTP session geod keeps across passes."""
-    return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT, **(headers or {})})
+def make_session(
+    headers: dict[str, str] | None = None,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
+    """The one HTTP session geod keeps across passes (`trace_configs`: metrics watch it)."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs
+    )
