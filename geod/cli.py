@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from geod import __version__, logs
+from geod import __version__, logs, service
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
@@ -71,7 +71,7 @@ async def _run(config: Config, stream: object) -> int:
     def relog(new: Config) -> None:
         logs.configure(new.log.level, new.log.format, sys.stdout)
 
-    await Daemon(config, on_reload=relog).run()
+    await service.run(config, on_reload=relog)  # the daemon plus sd_notify and metrics
     return EXIT_OK
 
 
