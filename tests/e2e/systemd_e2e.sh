@@ -168,9 +168,11 @@ db.commit()
 ok "app database /var/lib/app/geo.db owned by app:app, mode 0660, WAL mode"
 
 c systemd-run --quiet --unit=fake-ipapi --property=User=nobody \
-    /opt/geod/bin/python /payload/fake_ipapi.py --port "$FAKE_PORT" --limit 1 --window "$WINDOW"
+    /opt/geod/bin/python /payload/fake_ipapi.py --port "$FAKE_PORT" --limit 1 --window "$WINDOW" \
+    --log /tmp/fake-ipapi.jsonl
 
-write_config() {  # $1 = database path
+write_config() {  # $1 = database path, $2 = more [ipapi] lines
+    local more=${2:-}
     c sh -ec "mkdir -p /etc/geod; cat >/etc/geod/config.toml" <<EOF
 [daemon]
 interval = 3600
@@ -181,6 +183,7 @@ create = false
 url = "http://127.0.0.1:$FAKE_PORT/batch"
 batch_size = 1
 timeout = 5
+$more
 EOF
 }
 
@@ -208,10 +211,20 @@ ok "without an openable database geod never becomes active (no READY)"
 
 # -- the documented deployment: next to the app's database ---------------------------------------
 
-write_config /var/lib/app/geo.db
+# The pro key stays out of the world-readable config: a root-only file that systemd hands to
+# the service as a credential, read through key_file.
+KEY=e2e-pro-key-0123456789
+KEY_FILE='key_file = "$CREDENTIALS_DIRECTORY/ipapi-key"'
+c sh -ec "umask 077; printf '%s\n' $KEY >/etc/geod/ipapi.key"
+write_config /var/lib/app/geo.db "$KEY_FILE"
 c sh -ec 'mkdir -p /etc/systemd/system/geod.service.d
     printf "[Service]\nGroup=app\nReadWritePaths=/var/lib/app\n" \
-        >/etc/systemd/system/geod.service.d/app.conf'
+        >/etc/systemd/system/geod.service.d/app.conf
+    printf "[Service]\nLoadCredential=ipapi-key:/etc/geod/ipapi.key\n" \
+        >/etc/systemd/system/geod.service.d/key.conf'
+if c runuser -u geod -- cat /etc/geod/ipapi.key >/dev/null 2>&1; then
+    fail "the geod user can read the key file directly"
+fi
 c systemctl daemon-reload
 t0=$(date +%s%N)
 c systemctl start geod  # Type=notify: returns once geod has sent READY=1
@@ -245,6 +258,10 @@ print(db.execute("SELECT COUNT(*) FROM geo_cache WHERE country_code IS NOT NULL"
 [ "$resolved" -ge 2 ] || fail "only $resolved rows resolved"
 [ "$(c stat -c %U /var/lib/app/geo.db)" = app ] || fail "the database changed owner"
 ok "first pass wrote the app's database ($resolved rows): $(prop StatusText)"
+
+c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl || fail "the key did not reach ip-api"
+if c journalctl --no-pager | grep -q "$KEY"; then fail "the key is in the journal"; fi
+ok "pro key from LoadCredential= + key_file reached ip-api, and never the journal"
 
 [ "$(prop WatchdogUSec)" = 30s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
 [ "$(prop WatchdogTimestampMonotonic)" -gt 0 ] || fail "no WATCHDOG=1 seen"
@@ -302,12 +319,31 @@ ok "journalctl -u geod -p warning shows only warnings and errors"
 
 # -- stop: clean, exit 0 -------------------------------------------------------------------------
 
-write_config /var/lib/app/geo.db
+write_config /var/lib/app/geo.db "$KEY_FILE"
 c systemctl stop geod
 [ "$(prop ActiveState)" = inactive ] || fail "after stop: $(prop ActiveState)"
 [ "$(prop ExecMainStatus)" = 0 ] || fail "exit status $(prop ExecMainStatus)"
 [ "$(prop Result)" = success ] || fail "result $(prop Result)"
 c journalctl -u geod --no-pager -o cat | grep -q '^shutdown passes=' || fail "no shutdown event"
 ok "systemctl stop geod: clean, exit 0"
+
+# -- the other deployment: geod's own database in its StateDirectory= ----------------------------
+
+c rm /etc/systemd/system/geod.service.d/app.conf
+c sh -ec "cat >/etc/geod/config.toml" <<EOF
+[database]
+path = "/var/lib/geod/geo.db"
+[ipapi]
+url = "http://127.0.0.1:$FAKE_PORT/batch"
+$KEY_FILE
+EOF
+c systemctl daemon-reload
+c systemctl start geod
+wait_status "nothing to resolve" 20
+[ "$(c stat -c '%U:%G %a' /var/lib/geod/geo.db)" = "geod:geod 600" ] \
+    || fail "own database: $(c stat -c '%U:%G %a' /var/lib/geod/geo.db)"
+c systemctl stop geod
+[ "$(prop Result)" = success ] || fail "result $(prop Result)"
+ok "own database: /var/lib/geod/geo.db created geod:geod 0600 (StateDirectory=, UMask=)"
 
 say "$checks checks passed in $(($(date +%s) - started)) s"
