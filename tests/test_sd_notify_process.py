@@ -7,8 +7,11 @@ each wait is bounded.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,3 +167,20 @@ def test_no_ready_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
         time.sleep(0.1)
         assert not any(m.has("READY") for m in sd.snapshot())
 
+
+
+def test_once_and_status_never_notify(tmp_path: Path) -> None:
+    """`geod once` and `geod status` send nothing to $NOTIFY_SOCKET: only `run` is a service."""
+    db = tmp_path / "geo.db"
+    with notify_listener() as sd:
+        config = write_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
+        env = {**os.environ, "NOTIFY_SOCKET": sd.env_value, "WATCHDOG_USEC": "400000"}
+        env.pop("GEOD_CONFIG", None)
+        for command in ("once", "status", "check-config"):
+            result = subprocess.run(
+                [sys.executable, "-m", "geod", "--config", str(config), command],
+                env=env, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        time.sleep(0.2)
+        assert sd.snapshot() == []
