@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(config, as_json=args.json))
         if args.command == "once":
             return asyncio.run(_once(config))
-        return asyncio.run(_run(config, stream))
+        return asyncio.run(_run(config))
     except GeodError as error:
         return _fail(error)
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-async def _run(config: Config, stream: object) -> int:
+async def _run(config: Config) -> int:
     def relog(new: Config) -> None:
         logs.configure(new.log.level, new.log.format, sys.stdout)
 

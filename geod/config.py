@@ -89,6 +89,7 @@ class IpApiConfig:
     timeout: float = _setting(10.0, low=0.1, high=300)
     max_attempts: int = _setting(5, low=1, high=20)
     reserve: int = _setting(0, low=0, high=14)  # the free batch limit is 15 per window
+    share: str = _setting("auto", choices=("auto", "off"))  # leave the others' demand room
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,8 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
         if not is_number or (hint is int and not isinstance(value, int)):
             kind = "an integer" if hint is int else "a number"
             raise fail(f"must be {kind}, got {_show(value)}")
-        if not math.isfinite(value) or not rules["low"] <= value <= rules["high"]:
+        # Range first: math.isfinite overflows on integers beyond a float's range.
+        if not rules["low"] <= value <= rules["high"] or not math.isfinite(value):
             raise fail(f"must be {rules['low']}..{rules['high']}, got {_show(value)}")
         return hint(value)
     if not isinstance(value, str):
@@ -224,8 +226,12 @@ def _check_relations(config: Config, file: str) -> None:
             seen[column.lower()] = name
     url = config.ipapi.url
     if url:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            host = None
+        if host is None or parts.scheme not in ("http", "https"):
             raise ConfigError(file, "ipapi.url", f"must be an http(s) URL, got {_show(url)}")
         if parts.query or parts.username or parts.password:
             raise ConfigError(

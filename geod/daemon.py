@@ -66,6 +66,7 @@ class Daemon:
         self.negcache = NegativeCache(neg.ttl, neg.max_ttl, self._clock)
         # One governor for the life of the process: the rate-limit window outlives a reload.
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
+                                     share=config.ipapi.share == "auto",
                                      on_wait=self._hooks.rate_limit_wait)
         self.provider: Provider | None = provider
 
@@ -188,6 +189,7 @@ class Daemon:
         else:
             self.config = new
             self.governor.reserve = new.ipapi.reserve
+            self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
             if self._fixed_provider is None and self._session is not None:

@@ -143,13 +143,19 @@ class IpApiClient:
             self._config.url, json=list(addresses), params=params, timeout=timeout
         ) as response:
             remaining, ttl = _header_int(response, "X-Rl"), _header_int(response, "X-Ttl")
-            self._governor.observe(remaining, ttl)
+            # A 429 or a 5xx did not use quota; any X-Rl drop around it was someone else's.
+            served = response.status < 500 and response.status != 429
+            self._governor.observe(remaining, ttl, served=served)
             if response.status == 429:
                 self.rate_limited += 1
                 retry_after = _header_int(response, "Retry-After")
                 if ttl is None and retry_after is not None:
                     self._governor.block_for(retry_after)
                 raise IpApiError("rate limited", 429, ttl=ttl, retry_after=retry_after)
+            if response.status == 403:
+                # ip-api answers 403 to an address it banned; only a person can undo that.
+                raise IpApiError("forbidden: this address may be banned by ip-api "
+                                 "(see https://ip-api.com/docs/unban)", 403)
             if response.status != 200:
                 raise IpApiError("unexpected status", response.status)
             if response.content_type != "application/json":
@@ -197,7 +203,7 @@ def _parse_item(item: Any, address: str, source: str) -> Lookup:
     status = item.get("status")
     if status == "fail":
         message = item.get("message")
-        if message in PERMANENT_FAILS:
+        if isinstance(message, str) and message in PERMANENT_FAILS:
             return Lookup(address, Outcome.UNRESOLVABLE, reason=str(message), source=source)
         return failed("fail: " + (message[:60] if isinstance(message, str) else "no message"))
     if status != "success":

@@ -36,7 +36,9 @@ class NegativeCache:
         """Start or extend the back-off of `address`; returns its length in seconds."""
         entry = self._entries.get(address)
         failures = entry.failures + 1 if entry else 1
-        wait = float(min(self.ttl * 2 ** (failures - 1), self.max_ttl))
+        # Cap the exponent: the wait is capped anyway, and 2**n of a long-failing address
+        # would otherwise overflow a float.
+        wait = float(min(self.ttl * 2 ** min(failures - 1, 40), self.max_ttl))
         self._entries[address] = _Entry(failures, self._clock() + wait)
         return wait
 

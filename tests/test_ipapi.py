@@ -45,7 +45,8 @@ def fake_ipapi(
                          ban_after=ban_after)
         server: TestServer = await aiohttp_server(fake.app)
         config = IpApiConfig(url=str(server.make_url("/batch")), **settings)
-        governor = RateGovernor(config.reserve, fake_clock, fake_clock.sleep)
+        governor = RateGovernor(config.reserve, fake_clock, fake_clock.sleep,
+                                share=config.share == "auto")
         return fake, IpApiClient(config, session, governor, sleep=fake_clock.sleep)
 
     return start
@@ -93,8 +94,8 @@ async def test_user_agent(aiohttp_server: Any) -> None:
 
 async def test_paces_on_x_rl_and_never_sees_429(fake_ipapi: ServerFactory,
                                                  fake_clock: FakeClock) -> None:
-    """With 3 requests per window, 8 batches wait out each window and provoke no 429."""
-    fake, client = await fake_ipapi(limit=3, window=60, batch_size=1)
+    """share=off: 3 requests per window, 8 batches burst then wait out each window, no 429."""
+    fake, client = await fake_ipapi(limit=3, window=60, batch_size=1, share="off")
     for address in PUBLIC + ["9.9.9.9", "1.1.1.1", "4.4.4.4"]:
         [lookup] = await client.resolve([address])
         assert lookup.outcome is Outcome.RESOLVED
@@ -106,7 +107,7 @@ async def test_paces_on_x_rl_and_never_sees_429(fake_ipapi: ServerFactory,
 async def test_reserve_leaves_requests_for_others(fake_ipapi: ServerFactory,
                                                   fake_clock: FakeClock) -> None:
     """With reserve=2 geod stops at X-Rl 2 and the other program's requests still succeed."""
-    fake, client = await fake_ipapi(limit=5, window=60, reserve=2)
+    fake, client = await fake_ipapi(limit=5, window=60, reserve=2, share="off")
     for address in PUBLIC[:3]:
         await client.resolve([address])
     assert fake_clock.sleeps == []

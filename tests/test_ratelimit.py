@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import math
+import random
+from collections.abc import MutableMapping
+from typing import Any
 
-from geod.ratelimit import RESET_MARGIN, RateGovernor
-from tests.conftest import FakeClock
+import pytest
+from aiohttp.test_utils import TestServer
+
+from geod.config import IpApiConfig
+from geod.ipapi import IpApiClient, make_session
+from geod.ratelimit import RESET_MARGIN, RateGovernor, overflow_bound, tail_bound
+from tests.conftest import FakeClock, events
+from tests.fake_ipapi import FakeIpApi
+from tests.sim import SimClock, Tenant, WindowStats, window_stats
+
+Logs = list[MutableMapping[str, Any]]
 
 
 def governor(clock: FakeClock, reserve: int = 0) -> RateGovernor:
@@ -91,3 +103,207 @@ def test_retry_after_blocks_without_rate_headers() -> None:
     gov = governor(clock)
     gov.block_for(7)
     assert gov.delay() == pytest.approx(7 + RESET_MARGIN)
+
+
+# -- sharing the quota (share = "auto") ------------------------------------------------------
+
+
+def test_extra_drops_are_the_others_demand() -> None:
+    """Between two of geod's responses X-Rl drops by one; anything more was someone else."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 60)  # geod's first request opened the window
+    clock.advance(5)
+    gov.observe(11, 55)  # geod's request + 2 others
+    clock.advance(5)
+    gov.observe(10, 50)  # geod's request only
+    assert (gov.limit, gov.others_now) == (15, 2)
+
+
+def test_requests_before_ours_count_once_the_limit_is_known() -> None:
+    """A window whose first X-Rl is below limit - 1 was already used by others."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 60)
+    clock.advance(61)
+    gov.observe(11, 60)  # three others asked before us in this window
+    assert gov.others_now == 3
+    assert list(gov.history) == [0]
+
+
+def test_a_429_is_all_the_others_doing() -> None:
+    """A throttled request used no quota: the whole drop to 0 belongs to the others."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 60)
+    clock.advance(1)
+    gov.observe(0, 59, served=False)
+    assert gov.others_now == 14
+
+
+@pytest.mark.parametrize(
+    ("advance", "remaining", "ttl"),
+    [(61, 14, 60), (10, 14, 60), (10, 12, 59)],
+    ids=["time-ran-out", "x-rl-went-up", "x-ttl-jumped"],
+)
+def test_new_window_detection(advance: float, remaining: int, ttl: int) -> None:
+    """A reset is seen from the clock, from X-Rl going up, or from X-Ttl jumping up."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 20)
+    clock.advance(1)
+    gov.observe(10, 19)  # three others
+    clock.advance(advance)
+    gov.observe(remaining, ttl)
+    assert list(gov.history) == [3]
+
+
+def test_demand_rises_at_once_and_falls_after_two_windows() -> None:
+    """The estimate takes a busier window at once and forgets it two quiet windows later."""
+    clock = FakeClock()
+    gov = governor(clock)
+
+    def window(others: int) -> None:
+        clock.advance(61)
+        gov.observe(14, 60)
+        clock.advance(1)
+        gov.observe(13 - others, 59)
+
+    window(0)
+    assert gov.demand() == 0
+    window(4)
+    assert gov.demand() == 4
+    window(0)
+    assert gov.demand() == 4
+    window(0)
+    assert gov.demand() == 4  # the current (quiet) window and one quiet window remembered
+    window(0)
+    assert gov.demand() == 0
+
+
+def test_keep_shrinks_as_the_window_runs_out() -> None:
+    """With others seen, geod leaves more free early in a window than near its end."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 60)
+    clock.advance(1)
+    gov.observe(7, 59)  # six others
+    keeps = [gov.keep(t) for t in (60, 30, 10, 1, 0.1)]
+    assert keeps == sorted(keeps, reverse=True)
+    assert keeps[0] >= 6 and keeps[-1] == 0
+
+
+def test_keep_is_the_reserve_when_alone_or_off() -> None:
+    """Nobody else seen, or share off: only the configured reserve is kept."""
+    clock = FakeClock()
+    gov = governor(clock, reserve=2)
+    gov.observe(14, 60)
+    assert gov.keep(60) == 2
+    off = RateGovernor(2, clock, clock.sleep, share=False)
+    off.observe(14, 60)
+    off.observe(5, 59)
+    assert off.demand() == 0 and off.keep(60) == 2
+
+
+async def test_alone_paces_the_whole_window_without_losing_a_request() -> None:
+    """Alone, 15 requests are spread over one window, all before its reset, none lost."""
+    clock = FakeClock()
+    gov = governor(clock)
+    remaining, opened, sent = 15, None, []
+    for _ in range(15):
+        await gov.wait_turn()
+        opened = clock.now if opened is None else opened
+        sent.append(clock.now - opened)
+        remaining -= 1
+        gov.observe(remaining, math.ceil(opened + 60 - clock.now))
+    assert max(sent) < 60
+    assert sent[1] > 1  # not a burst at the window's start
+    assert gov.delay() == pytest.approx(opened + 60 + RESET_MARGIN - clock.now)
+
+
+def test_share_off_sends_back_to_back() -> None:
+    """share = off: no pacing, only the headers and the reserve decide."""
+    clock = FakeClock()
+    gov = RateGovernor(0, clock, clock.sleep, share=False)
+    gov.observe(14, 60)
+    gov._last_sent = clock.now
+    assert gov.delay() == 0
+
+
+def test_rate_share_is_logged_when_the_estimate_changes(logs: Logs) -> None:
+    """rate_share says what the others need and what geod takes, once per change."""
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(14, 60)
+    gov.observe(13, 59)
+    clock.advance(1)
+    gov.observe(10, 58)
+    shares = [(e["others_per_window"], e["geod_per_window"]) for e in events(logs, "rate_share")]
+    assert shares == [(0, 15), (2, 13)]
+
+
+@pytest.mark.parametrize(("k", "tail"), [(0, 0.01), (1, 0.01), (3, 0.02), (8, 0.001)])
+def test_tail_bound_is_the_poisson_quantile(k: int, tail: float) -> None:
+    """At the bound, P(Poisson(λ) > k) is the accepted tail."""
+    lam = tail_bound(k, tail)
+    exceed = 1 - sum(math.exp(-lam) * lam**j / math.factorial(j) for j in range(k + 1))
+    assert exceed == pytest.approx(tail, rel=1e-3)
+
+
+@pytest.mark.parametrize(("k", "budget"), [(0, 0.02), (2, 0.06), (6, 0.1)])
+def test_overflow_bound_is_the_expected_miss(k: int, budget: float) -> None:
+    """At the bound, the expected number of requests beyond k is the budget."""
+    lam = overflow_bound(k, budget)
+    miss = sum((j - k) * math.exp(-lam) * lam**j / math.factorial(j) for j in range(k + 1, 80))
+    assert miss == pytest.approx(budget, rel=1e-3)
+
+
+# -- against the fake server, with other programs on the same quota ---------------------------
+
+
+async def run_shared(tenants: list[Tenant], windows: int, share: str = "auto",
+                     seed: int = 5) -> tuple[FakeIpApi, WindowStats]:
+    """geod's client and `tenants` on one quota for `windows` windows of 15 per 60 s."""
+    clock = SimClock()
+    fake = FakeIpApi(limit=15, window=60, clock=clock)
+    rng = random.Random(seed)
+    for tenant in tenants:
+        tenant.schedule(clock, fake, 60, windows + 2, rng)
+    server = TestServer(fake.app)
+    await server.start_server()
+    config = IpApiConfig(url=str(server.make_url("/batch")), share=share)
+    governor = RateGovernor(0, clock, clock.sleep, share=share == "auto")
+    try:
+        async with make_session() as session:
+            client = IpApiClient(config, session, governor, sleep=clock.sleep)
+            n = 0
+            while clock.now < windows * 60:
+                n += 1
+                await client.resolve([f"8.8.{n // 256}.{n % 256}"])
+    finally:
+        await server.close()
+    return fake, window_stats(fake.requests, 60, windows * 60)
+
+
+async def test_alone_reaches_the_ceiling_without_a_429() -> None:
+    """Alone for 10 windows geod makes >= 99 % of the possible requests and sees no 429."""
+    fake, stats = await run_shared([], windows=10)
+    assert stats.windows >= 8
+    assert stats.fraction(15, 60) >= 0.99
+    assert fake.count_429() == 0
+
+
+async def test_shared_leaves_the_others_their_requests() -> None:
+    """Next to a program spending 2 a window, geod takes >= 95 % of the rest and 429s nobody."""
+    tenant = Tenant("dash", 2, 2)
+    fake, stats = await run_shared([tenant], windows=12)
+    assert stats.others_429 <= 1
+    assert fake.count_429("geod") == 0 and not fake.banned
+    assert stats.fraction(15, 60) >= 0.95
+
+
+async def test_share_off_starves_the_others() -> None:
+    """The plain header-obeying client (share = off) takes windows the others needed."""
+    tenant = Tenant("dash", 2, 2)
+    await run_shared([tenant], windows=8, share="off")
+    assert tenant.throttled >= 4

@@ -45,7 +45,8 @@ class Recorder(Hooks):
         self.calls.append(("progress", len(lookups), done, total))
 
     def rate_limit_wait(self, seconds: float) -> None:
-        self.calls.append(("rate_limit_wait", round(seconds)))
+        assert seconds > 0
+        self.calls.append(("rate_limit_wait",))  # how long depends on the governor's pacing
 
     def pass_done(self, summary: PassSummary | None, error: str = "") -> None:
         self.calls.append(("pass_done", summary.resolved if summary else error))
@@ -90,7 +91,7 @@ async def test_daemon_calls_hooks_through_its_lifecycle(
     assert recorder.calls == [
         ("started",),
         ("progress", 0, 0, 3), ("progress", 1, 1, 3), ("progress", 1, 2, 3),
-        ("rate_limit_wait", 60), ("progress", 1, 3, 3),
+        ("rate_limit_wait",), ("progress", 1, 3, 3),
         ("pass_done", 3),
         ("reloading",), ("reloaded",),
         ("pass_done", 0),
