@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
 
 import aiohttp
@@ -23,7 +23,9 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from geod import __version__
 from geod.errors import GeodError
@@ -70,10 +72,13 @@ class Metrics(Hooks):
         self.rate_limited = Counter(
             "geod_api_rate_limited", "HTTP 429 answers (the rate limit was exceeded)", registry=r
         )
-        self.wait_seconds = Counter(
-            "geod_rate_limit_wait_seconds", "Seconds spent waiting for the rate-limit window",
-            registry=r,
-        )  # fmt: skip
+        self._waited: Callable[[], float] = lambda: 0.0
+        r.register(_ReadCounter(
+            "geod_rate_limit_wait_seconds",
+            "Seconds spent waiting before requests: for the window to reset, or pacing to "
+            "share the quota with other programs",
+            lambda: self._waited(),
+        ))  # fmt: skip
         self.negative_cache = Gauge(
             "geod_negative_cache_entries", "Addresses in the negative cache (backing off)",
             registry=r,
@@ -89,6 +94,14 @@ class Metrics(Hooks):
     def watch_negative_cache(self, size: Callable[[], int]) -> None:
         """Read the negative cache's size at each scrape."""
         self.negative_cache.set_function(lambda: float(size()))
+
+    def watch_rate_limit_wait(self, waited_s: Callable[[], float]) -> None:
+        """Read the governor's running total of seconds waited at each scrape.
+
+        The total, not `rate_limit_wait` hooks: those report only waits for a new window,
+        while the short pacing waits of fair sharing are time spent waiting too.
+        """
+        self._waited = waited_s
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition in the format `accept` asks for: (body, content type)."""
@@ -125,9 +138,6 @@ class Metrics(Hooks):
         for lookup in lookups:
             self.lookups.labels(lookup.source or "unknown", lookup.outcome.value).inc()
 
-    def rate_limit_wait(self, seconds: float) -> None:
-        self.wait_seconds.inc(max(seconds, 0.0))
-
     def pass_done(self, summary: PassSummary | None, error: str = "") -> None:
         if summary is None:
             self.passes.labels("error").inc()
@@ -137,6 +147,18 @@ class Metrics(Hooks):
         self.rows_resolved.inc(summary.resolved)
         self.unresolved.set(max(summary.unresolved - summary.resolved, 0))
         self.last_success.set(self._wall_clock())
+
+
+class _ReadCounter(Collector):
+    """A counter whose value is read from elsewhere at scrape time (a running total)."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
 
 
 class MetricsServer:

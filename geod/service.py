@@ -129,6 +129,7 @@ async def run(
         daemon = Daemon(config, hooks=Fanout(*hooks), on_reload=on_reload)
         if metrics is not None:
             metrics.watch_negative_cache(lambda: len(daemon.negcache))
+            metrics.watch_rate_limit_wait(lambda: daemon.governor.waited_s)
         await daemon.run()
     finally:
         if watchdog is not None:

@@ -1,26 +1,19 @@
-"""Real-process helpers for the service tests: a notify socket standing in for systemd, the fake
-ip-api server as a process, and `geod run` as a subprocess.
+"""A notify socket standing in for systemd, for the tests of `geod run` as a service.
 
-Every wait is bounded and every process started here is killed and reaped when its block ends.
-(A subset of what a shared `tests/proc.py` offers; fold into it once both are on main.)
+The processes themselves (geod, the fake ip-api) come from `tests/proc.py`. Every wait here is
+bounded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -108,126 +101,6 @@ def notify_listener(*, abstract: bool = False) -> Iterator[NotifyListener]:
         yield listener
     finally:
         listener.close()
-
-
-def _env(extra: Mapping[str, str]) -> dict[str, str]:
-    drop = {"GEOD_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def _reap(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait(5)
-
-
-@contextmanager
-def fake_ipapi_process(limit: int = 15, window: float = 60.0) -> Iterator[str]:
-    """`python -m tests.fake_ipapi` on a free loopback port; yields its batch URL."""
-    cmd = [sys.executable, "-m", "tests.fake_ipapi", "--port", "0",
-           "--limit", str(limit), "--window", str(window)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env({}), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline().strip()  # the server prints this line before anything
-        assert first.startswith("listening http://"), f"fake ip-api did not start: {first!r}"
-        yield first.split(" ", 1)[1] + "/batch"
-    finally:
-        _reap(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def write_config(path: Path, *, db: Path, url: str, extra: str = "", batch_size: int = 100,
-                 interval: float = 3600) -> Path:  # fmt: skip
-    """A geod config for subprocess tests (JSON logs, so lines can be parsed)."""
-    path.write_text(f"""\
-[daemon]
-interval = {interval}
-[database]
-path = {json.dumps(str(db))}
-[ipapi]
-url = {json.dumps(url)}
-batch_size = {batch_size}
-timeout = 5
-[log]
-format = "json"
-{extra}""", encoding="utf-8")
-    return path
-
-
-class GeodRun:
-    """`python -m geod --config CONFIG run` with stdout/stderr collected by threads."""
-
-    def __init__(self, config: Path, env: Mapping[str, str]) -> None:
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "geod", "--config", str(config), "run"],
-            cwd=REPO, env=_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._threads = [
-            threading.Thread(target=self._drain, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr), daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _drain(stream: object, sink: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            sink.append(line.rstrip("\n"))
-
-    def events(self) -> list[str]:
-        """The `event` of every JSON log line so far."""
-        names = []
-        for line in list(self.stdout):
-            try:
-                names.append(str(json.loads(line).get("event")))
-            except ValueError:
-                continue
-        return names
-
-    def describe(self) -> str:
-        return ("stdout:\n  " + "\n  ".join(self.stdout[-30:])
-                + "\nstderr:\n  " + "\n  ".join(self.stderr[-20:]))  # fmt: skip
-
-    def wait(self, timeout: float = 15) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"geod still running after {timeout} s\n{self.describe()}") \
-                from None
-        for thread in self._threads:
-            thread.join(5)
-        return code
-
-    def close(self) -> None:
-        _reap(self.proc)
-        for thread in self._threads:
-            thread.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@contextmanager
-def geod_run(config: Path, env: Mapping[str, str] | None = None) -> Iterator[GeodRun]:
-    run = GeodRun(config, env or {})
-    try:
-        yield run
-    finally:
-        run.close()
 
 
 def free_port() -> int:

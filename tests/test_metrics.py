@@ -23,8 +23,8 @@ from geod.metrics import Metrics, MetricsServer
 from geod.provider import Lookup, Outcome
 from geod.resolve import PassSummary
 from tests.conftest import write_config
-from tests.sd_helpers import fake_ipapi_process, free_port, geod_run
-from tests.sd_helpers import write_config as write_geod_config
+from tests.proc import GeodProcess, start_fake_ipapi, write_geod_config
+from tests.sd_helpers import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -53,7 +53,7 @@ def test_hooks_move_the_metrics() -> None:
     before = samples(metrics.render()[0].decode())
     assert value(before, "geod_unresolved_rows") == 120
     assert value(before, "geod_last_success_timestamp_seconds") == 0
-    metrics.rate_limit_wait(23.5)
+    metrics.watch_rate_limit_wait(lambda: 23.5)
     metrics.pass_done(PassSummary(unresolved=120, resolved=118, duration_s=2.5))
     metrics.pass_done(None, error="opening database x: unable to open database file")
     after = samples(metrics.render()[0].decode())
@@ -159,10 +159,10 @@ def test_scraped_values_move_as_passes_run(tmp_path: Path) -> None:
     conn.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
-    with fake_ipapi_process(limit=1, window=2) as batch_url:
-        config = write_geod_config(tmp_path / "geod.toml", db=db, url=batch_url, batch_size=1,
-                                   extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
-        with geod_run(config) as geod:
+    with start_fake_ipapi(tmp_path, limit=1, window=2) as fake:
+        config = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url,
+                                   batch_size=1, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        with GeodProcess(config) as geod:
             first = scrape_until(url, lambda s: passes(s) >= 1, geod.describe)
             assert value(first, "geod_unresolved_rows") == 1  # the private address stays NULL
             assert value(first, "geod_lookups_total", provider="ip-api", result="resolved") == 2

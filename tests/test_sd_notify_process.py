@@ -7,11 +7,8 @@ each wait is bounded.
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sd_helpers import (
-    Message,
-    fake_ipapi_process,
-    geod_run,
-    notify_listener,
-    write_config,
-)
+from tests.proc import GeodProcess, closed_port_url, run_geod, start_fake_ipapi, write_geod_config
+from tests.sd_helpers import Message, notify_listener
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +30,6 @@ class Transcript:
     messages: list[Message]
     reload_sent_at_usec: int  # CLOCK_MONOTONIC when the test sent SIGHUP
     exit_code: int
-    stdout: list[str]
 
     def index(self, key: str, value: str | None = None, after: int = 0) -> int:
         for i in range(after, len(self.messages)):
@@ -64,10 +55,10 @@ def transcript(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transcript]
                      "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT)")
         conn.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [("8.8.8.8",), ("1.1.1.1",)])
     conn.close()
-    with fake_ipapi_process(limit=1, window=WINDOW_S) as url, notify_listener() as sd:
-        config = write_config(tmp / "geod.toml", db=db, url=url, batch_size=1)
+    with start_fake_ipapi(tmp, limit=1, window=WINDOW_S) as fake, notify_listener() as sd:
+        config = write_geod_config(tmp / "geod.toml", db=db, url=fake.batch_url, batch_size=1)
         env = {"NOTIFY_SOCKET": sd.env_value, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-        with geod_run(config, env) as geod:
+        with GeodProcess(config, env=env) as geod:
             first_pass, _ = sd.wait_for(_status_starts("last pass"), timeout=20,
                                         describe=geod.describe)  # type: ignore[arg-type]
             sd.wait_for(lambda m: "next pass" in m.fields.get("STATUS", ""), after=first_pass,
@@ -82,7 +73,7 @@ def transcript(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Transcript]
             geod.proc.send_signal(signal.SIGTERM)
             code = geod.wait(15)
             time.sleep(0.1)  # let the listener thread take the last datagram off the socket
-            yield Transcript(sd.snapshot(), sent_at, code, list(geod.stdout))
+            yield Transcript(sd.snapshot(), sent_at, code)
 
 
 def test_ready_comes_once_started_and_before_any_pass(transcript: Transcript) -> None:
@@ -143,8 +134,8 @@ def test_abstract_socket_gets_ready_after_the_database_exists(tmp_path: Path) ->
     """An abstract `@name` NOTIFY_SOCKET works; READY=1 comes only once the table exists."""
     db = tmp_path / "new.db"  # geod creates it (create = true) while opening the database
     with notify_listener(abstract=True) as sd:
-        config = write_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
-        with geod_run(config, {"NOTIFY_SOCKET": sd.env_value}) as geod:
+        config = write_geod_config(tmp_path / "geod.toml", db=db, url=closed_port_url())
+        with GeodProcess(config, env={"NOTIFY_SOCKET": sd.env_value}) as geod:
             sd.wait_for(lambda m: m.has("READY", "1"), describe=geod.describe)
             with sqlite3.connect(db) as conn:  # at READY the database is open and prepared
                 tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
@@ -160,10 +151,11 @@ def test_no_ready_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
     """A database that cannot be opened ends `geod run` with exit 1 and never sends READY=1."""
     db = tmp_path / "missing-dir" / "geo.db"
     with notify_listener() as sd:
-        config = write_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
-        with geod_run(config, {"NOTIFY_SOCKET": sd.env_value}) as geod:
+        config = write_geod_config(tmp_path / "geod.toml", db=db, url=closed_port_url())
+        with GeodProcess(config, env={"NOTIFY_SOCKET": sd.env_value}) as geod:
             assert geod.wait(15) == 1
-            assert any("opening database" in line for line in geod.stderr), geod.describe()
+            assert any("opening database" in line for line in geod.stderr_lines), \
+                geod.describe()
         time.sleep(0.1)
         assert not any(m.has("READY") for m in sd.snapshot())
 
@@ -173,14 +165,10 @@ def test_once_and_status_never_notify(tmp_path: Path) -> None:
     """`geod once` and `geod status` send nothing to $NOTIFY_SOCKET: only `run` is a service."""
     db = tmp_path / "geo.db"
     with notify_listener() as sd:
-        config = write_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
-        env = {**os.environ, "NOTIFY_SOCKET": sd.env_value, "WATCHDOG_USEC": "400000"}
-        env.pop("GEOD_CONFIG", None)
+        config = write_geod_config(tmp_path / "geod.toml", db=db, url=closed_port_url())
+        env = {"NOTIFY_SOCKET": sd.env_value, "WATCHDOG_USEC": "400000"}
         for command in ("once", "status", "check-config"):
-            result = subprocess.run(
-                [sys.executable, "-m", "geod", "--config", str(config), command],
-                env=env, capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
+            result = run_geod("--config", str(config), command, env=env)
             assert result.returncode == 0, result.stderr
         time.sleep(0.2)
         assert sd.snapshot() == []
