@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from geod import __version__, logs
+from geod import __version__, logs, service
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(config, as_json=args.json))
         if args.command == "once":
             return asyncio.run(_once(config))
-        return asyncio.run(_run(config, stream))
+        return asyncio.run(_run(config))
     except GeodError as error:
         return _fail(error)
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
@@ -67,11 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-async def _run(config: Config, stream: object) -> int:
+async def _run(config: Config) -> int:
     def relog(new: Config) -> None:
         logs.configure(new.log.level, new.log.format, sys.stdout)
 
-    await Daemon(config, on_reload=relog).run()
+    await service.run(config, on_reload=relog)  # the daemon plus sd_notify and metrics
     return EXIT_OK
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+from geod.credentials import read_key_file
 from geod.errors import ConfigError
+from geod.hostport import split_host_port
 
 DEFAULT_CONFIG_PATH = Path("/etc/geod/config.toml")
 FREE_BATCH_URL = "http://ip-api.com/batch"
@@ -80,6 +82,9 @@ class NegativeCacheConfig:
 class IpApiConfig:
     url: str = _setting("")  # "" = derived: the free endpoint, or the pro one when key is set
     key: str = _setting("")
+    # A file holding the key (derived: read into `key`). "$CREDENTIALS_DIRECTORY/NAME" reads a
+    # systemd LoadCredential=, so the key stays out of this world-readable file.
+    key_file: str = _setting("")
     batch_size: int = _setting(100, low=1, high=100)
     timeout: float = _setting(10.0, low=0.1, high=300)
     max_attempts: int = _setting(5, low=1, high=20)
@@ -94,12 +99,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = _setting("")  # "host:port" serving /metrics; "" = off
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     negative_cache: NegativeCacheConfig = field(default_factory=NegativeCacheConfig)
     ipapi: IpApiConfig = field(default_factory=IpApiConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", metadata={"derived": True})  # the file it was loaded from
 
     def redacted(self) -> dict[str, Any]:
@@ -119,8 +130,8 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path | str) -> Config:
-    """Read, validate and complete the config at `path`.
+def load_config(path: Path | str, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, validate and complete the config at `path` (and the key file it names).
 
     Raises:
         ConfigError: the file is missing, unreadable, not TOML, or any value is invalid.
@@ -136,7 +147,7 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(file, "", f"invalid TOML: {error}") from None
     config = _build(Config, raw, "", file)
     _check_relations(config, file)
-    return _derive(config, Path(path))
+    return _derive(_read_key_file(config, Path(path), environ), Path(path))
 
 
 def _build(cls: type[Any], raw: Mapping[str, Any], table: str, file: str) -> Any:
@@ -226,6 +237,13 @@ def _check_relations(config: Config, file: str) -> None:
             raise ConfigError(
                 file, "ipapi.url", "must not carry a query or credentials (use key for the key)"
             )
+    if config.ipapi.key and config.ipapi.key_file:
+        raise ConfigError(file, "ipapi.key_file", "set key or key_file, not both")
+    if config.metrics.listen:
+        try:
+            split_host_port(config.metrics.listen)
+        except ValueError as error:
+            raise ConfigError(file, "metrics.listen", str(error)) from None
 
 
 def _derive(config: Config, path: Path) -> Config:
@@ -240,6 +258,17 @@ def _derive(config: Config, path: Path) -> Config:
         database=replace(config.database, path=str(db_path)),
         ipapi=replace(config.ipapi, url=url),
     )
+
+
+def _read_key_file(config: Config, path: Path, environ: Mapping[str, str]) -> Config:
+    """Fill `ipapi.key` from `ipapi.key_file`; the key never appears in an error."""
+    if not config.ipapi.key_file:
+        return config
+    try:
+        key_path, secret = read_key_file(config.ipapi.key_file, path.parent.absolute(), environ)
+    except ValueError as error:
+        raise ConfigError(str(path), "ipapi.key_file", str(error)) from None
+    return replace(config, ipapi=replace(config.ipapi, key=secret, key_file=str(key_path)))
 
 
 def _join(table: str, key: str) -> str:

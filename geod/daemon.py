@@ -18,6 +18,7 @@ import structlog
 
 from geod.config import Config, load_config
 from geod.errors import ConfigError
+from geod.hooks import Hooks
 from geod.ipapi import IpApiClient, make_session
 from geod.negcache import NegativeCache
 from geod.provider import Provider
@@ -44,6 +45,7 @@ class Daemon:
         provider: Provider | None = None,
         on_reload: Callable[[Config], None] | None = None,
         on_pass_done: Callable[[PassSummary], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.stop_requested = asyncio.Event()
@@ -55,6 +57,7 @@ class Daemon:
         self._fixed_provider = provider
         self._on_reload = on_reload
         self._on_pass_done = on_pass_done
+        self._hooks = hooks or Hooks()  # sd_notify and metrics in `geod run`; no-ops elsewhere
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -63,7 +66,8 @@ class Daemon:
         self.negcache = NegativeCache(neg.ttl, neg.max_ttl, self._clock)
         # One governor for the life of the process: the rate-limit window outlives a reload.
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
-                                     share=config.ipapi.share == "auto")
+                                     share=config.ipapi.share == "auto",
+                                     on_wait=self._hooks.rate_limit_wait)
         self.provider: Provider | None = provider
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
@@ -83,6 +87,7 @@ class Daemon:
     async def run(self) -> None:
         """`geod run`: start, loop until stopped, stop. Returns normally on SIGTERM/SIGINT."""
         await self.startup()
+        self._hooks.started(self.config)
         try:
             log.info("geo_re_resolve_scheduled", interval_seconds=self.config.daemon.interval,
                      initial_delay_seconds=self.config.daemon.initial_delay)
@@ -111,7 +116,7 @@ class Daemon:
         """
         store = await Store.open(self.config.database, self.config.source)
         await store.close()
-        self._session = make_session()
+        self._session = make_session(trace_configs=self._hooks.trace_configs())
         if self.provider is None:
             self.provider = self._make_provider(self._session)
         if self._handle_signals:
@@ -121,6 +126,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
 
     async def shutdown(self) -> None:
+        self._hooks.stopping()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -144,6 +150,7 @@ class Daemon:
         except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
             log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
                       error_type=type(error).__name__)
+            self._hooks.pass_done(None, error=str(error) or type(error).__name__)
             return None
         else:
             self.passes += 1
@@ -151,6 +158,7 @@ class Daemon:
                 fields = asdict(summary)
                 del fields["unresolved"]
                 log.info("geo_re_resolve_complete", **fields)
+            self._hooks.pass_done(summary)
             if self._on_pass_done is not None:
                 self._on_pass_done(summary)
             return summary
@@ -163,7 +171,8 @@ class Daemon:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await Store.open(self.config.database, self.config.source)
         try:
-            return await run_pass(store, self.provider, self.negcache, clock=self._clock)
+            return await run_pass(store, self.provider, self.negcache, clock=self._clock,
+                                  progress=self._hooks.pass_progress)
         finally:
             await store.close()
 
@@ -172,6 +181,7 @@ class Daemon:
     def _reload(self) -> None:
         """Re-read the config (keep the old one if the new is bad); always clear the cache."""
         self.reload_requested.clear()
+        self._hooks.reloading()
         try:
             new = load_config(self.config.source)
         except ConfigError as error:
@@ -188,6 +198,7 @@ class Daemon:
                 self._on_reload(new)
             log.info("config_reloaded", path=new.source)
         log.info("negative_cache_cleared", entries=self.negcache.clear())
+        self._hooks.reloaded(self.config)
 
     def _make_provider(self, session: aiohttp.ClientSession) -> Provider:
         return IpApiClient(self.config.ipapi, session, self.governor, sleep=self._sleep)
@@ -195,6 +206,7 @@ class Daemon:
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""
         if seconds > 0 and not self._wake.is_set():
+            self._hooks.waiting(seconds)
             sleeper = asyncio.ensure_future(self._sleep(seconds))
             woken = asyncio.ensure_future(self._wake.wait())
             try:

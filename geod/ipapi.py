@@ -152,6 +152,10 @@ class IpApiClient:
                 if ttl is None and retry_after is not None:
                     self._governor.block_for(retry_after)
                 raise IpApiError("rate limited", 429, ttl=ttl, retry_after=retry_after)
+            if response.status == 403:
+                # ip-api answers 403 to an address it banned; only a person can undo that.
+                raise IpApiError("forbidden: this address may be banned by ip-api "
+                                 "(see https://ip-api.com/docs/unban)", 403)
             if response.status != 200:
                 raise IpApiError("unexpected status", response.status)
             if response.content_type != "application/json":
@@ -252,6 +256,11 @@ def _describe(error: BaseException | None) -> str:
     return type(error).__name__ if error else "unknown error"
 
 
-def make_session(headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
-    """The one HTTP session geod keeps across passes."""
-    return aiohttp.ClientSession(headers={"User-Agent": USER_AGENT, **(headers or {})})
+def make_session(
+    headers: dict[str, str] | None = None,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
+    """The one HTTP session geod keeps across passes (`trace_configs`: metrics watch it)."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs
+    )

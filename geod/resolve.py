@@ -20,6 +20,9 @@ from geod.store import Row, Store, Update
 
 log = structlog.get_logger("geod.resolve")
 
+# Told at the start of a pass and after each batch: (that batch's look-ups, rows done, rows to do).
+Progress = Callable[[Sequence[Lookup], int, int], None]
+
 
 @dataclass(frozen=True, slots=True)
 class PassSummary:
@@ -85,6 +88,7 @@ async def run_pass(
     *,
     clock: Callable[[], float],
     now_utc: Callable[[], str] = utc_now,
+    progress: Progress | None = None,
 ) -> PassSummary:
     """Run one pass over the store. Cancellation (a stop) keeps every batch already written."""
     started = clock()
@@ -95,13 +99,20 @@ async def run_pass(
         return PassSummary(duration_s=round(clock() - started, 3))
     log.info("geo_re_resolve_start", unresolved=unresolved)
     tally = _Tally()
+    done = 0  # rows dealt with so far, for `progress`
+    if progress is not None:
+        progress((), done, unresolved)
     async for rows in store.unresolved_chunks():
         plan = plan_chunk(rows, negcache)
         tally.unresolvable += plan.unresolvable
         tally.backed_off += plan.backed_off
+        done += plan.unresolvable + plan.backed_off
         for batch in _batches(list(plan.to_send), provider.batch_size):
             lookups = await provider.resolve(batch)
             await _apply(lookups, plan.to_send, store, negcache, tally, now_utc())
+            done += sum(len(plan.to_send[address]) for address in batch)
+            if progress is not None:
+                progress(lookups, done, unresolved)
     summary = PassSummary(
         unresolved=unresolved,
         retried=tally.retried,

@@ -48,6 +48,22 @@ def daemon_for(config: Config, clock: FakeClock,
                   on_pass_done=on_pass_done)
 
 
+async def reload_after_first_pass(config: Config, clock: FakeClock,
+                                  before_reload: Callable[[Daemon], None]) -> Daemon:
+    """Run a daemon that, after its first pass, calls `before_reload` and asks for a reload;
+    it stops after the second pass."""
+    def done(summary: PassSummary) -> None:
+        if daemon.passes == 1:
+            before_reload(daemon)
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = daemon_for(config, clock, done)
+    await daemon.run()
+    return daemon
+
+
 async def test_schedule_waits_initial_delay_then_interval(
         make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
@@ -115,21 +131,12 @@ async def test_reload_applies_new_config_and_clears_negative_cache(
     """A reload re-reads the file (new batch size), clears the negative cache, passes now."""
     make_db([("8.8.8.8", None)])
     config = make_config()
-    passes = 0
 
-    def done(summary: PassSummary) -> None:
-        nonlocal passes
-        passes += 1
-        if passes == 1:
-            daemon.negcache.record_failure("1.2.3.4")
-            Path(config.source).write_text(
-                Path(config.source).read_text() + "batch_size = 7\n")
-            daemon.request_reload()
-        else:
-            daemon.request_stop()
+    def before_reload(daemon: Daemon) -> None:
+        daemon.negcache.record_failure("1.2.3.4")
+        Path(config.source).write_text(Path(config.source).read_text() + "batch_size = 7\n")
 
-    daemon = daemon_for(config, fake_clock, done)
-    await daemon.run()
+    daemon = await reload_after_first_pass(config, fake_clock, before_reload)
     assert daemon.config.ipapi.batch_size == 7
     assert daemon.provider is not None and daemon.provider.batch_size == 7
     assert events(logs, "negative_cache_cleared")[0]["entries"] == 1
@@ -142,23 +149,15 @@ async def test_invalid_reload_keeps_old_config_and_still_passes(
     """A bad config on reload logs config_reload_failed (error), keeps the old one, passes."""
     make_db([("8.8.8.8", None)])
     config = make_config()
-    passes = 0
 
-    def done(summary: PassSummary) -> None:
-        nonlocal passes
-        passes += 1
-        if passes == 1:
-            Path(config.source).write_text("[daemon]\ninterval = -1\n")
-            daemon.request_reload()
-        else:
-            daemon.request_stop()
+    def before_reload(daemon: Daemon) -> None:
+        Path(config.source).write_text("[daemon]\ninterval = -1\n")
 
-    daemon = daemon_for(config, fake_clock, done)
-    await daemon.run()
+    daemon = await reload_after_first_pass(config, fake_clock, before_reload)
     [failed] = events(logs, "config_reload_failed")
     assert failed["log_level"] == "error" and "[daemon] interval" in failed["reason"]
     assert daemon.config is config
-    assert passes == 2
+    assert daemon.passes == 2
 
 
 async def test_stop_during_rate_limit_wait_keeps_results(

@@ -1,0 +1,206 @@
+"""Prometheus metrics: the registry fed by hooks, the /metrics endpoint, and a running daemon."""
+
+from __future__ import annotations
+
+import platform
+import signal
+import socket
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from geod import __version__
+from geod.cli import main
+from geod.metrics import Metrics, MetricsServer
+from geod.provider import Lookup, Outcome
+from geod.resolve import PassSummary
+from tests.conftest import write_config
+from tests.proc import GeodProcess, start_fake_ipapi, write_geod_config
+from tests.sd_helpers import free_port
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    """Every sample of an exposition, parsed by prometheus-client's own parser."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(parsed: Samples, name: str, **labels: str) -> float:
+    return parsed[(name, tuple(sorted(labels.items())))]
+
+
+def test_hooks_move_the_metrics() -> None:
+    """Pass progress, waits and pass ends update the counters, gauges and histogram."""
+    metrics = Metrics(wall_clock=lambda: 1_800_000_000.0)
+    metrics.watch_negative_cache(lambda: 7)
+    metrics.pass_progress((), 0, 120)
+    resolved = Lookup("8.8.8.8", Outcome.RESOLVED, source="ip-api")
+    failed = Lookup("1.1.1.1", Outcome.FAILED, source="ip-api")
+    metrics.pass_progress([resolved, resolved, failed], 3, 120)
+    before = samples(metrics.render()[0].decode())
+    assert value(before, "geod_unresolved_rows") == 120
+    assert value(before, "geod_last_success_timestamp_seconds") == 0
+    metrics.watch_rate_limit_wait(lambda: 23.5)
+    metrics.pass_done(PassSummary(unresolved=120, resolved=118, duration_s=2.5))
+    metrics.pass_done(None, error="opening database x: unable to open database file")
+    after = samples(metrics.render()[0].decode())
+    assert value(after, "geod_build_info", version=__version__,
+                 python=platform.python_version()) == 1
+    assert value(after, "geod_unresolved_rows") == 2
+    assert value(after, "geod_passes_total", result="success") == 1
+    assert value(after, "geod_passes_total", result="error") == 1
+    assert value(after, "geod_pass_duration_seconds_count") == 1
+    assert value(after, "geod_pass_duration_seconds_bucket", le="5.0") == 1
+    assert value(after, "geod_pass_duration_seconds_bucket", le="1.0") == 0
+    assert value(after, "geod_lookups_total", provider="ip-api", result="resolved") == 2
+    assert value(after, "geod_lookups_total", provider="ip-api", result="failed") == 1
+    assert value(after, "geod_rows_resolved_total") == 118
+    assert value(after, "geod_rate_limit_wait_seconds_total") == 23.5
+    assert value(after, "geod_negative_cache_entries") == 7
+    assert value(after, "geod_last_success_timestamp_seconds") == 1_800_000_000
+
+
+async def test_endpoint_serves_text_and_openmetrics() -> None:
+    """/metrics answers in the text format, or OpenMetrics when the scraper asks for it."""
+    metrics = Metrics()
+    server = MetricsServer(metrics, "127.0.0.1", free_port())
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                assert "geod_passes_total" in samples_names(await response.text())
+            headers = {"Accept": "application/openmetrics-text; version=1.0.0"}
+            async with session.get(url, headers=headers) as response:
+                assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+                assert (await response.text()).endswith("# EOF\n")
+            async with session.get(f"http://127.0.0.1:{server.port}/") as response:
+                assert response.status == 404
+    finally:
+        await server.stop()
+
+
+def samples_names(text: str) -> set[str]:
+    return {name for name, _ in samples(text)}
+
+
+async def test_api_requests_are_counted_by_status(aiohttp_server: Any) -> None:
+    """The aiohttp trace counts each request by HTTP status, 429s apart, no answer as error."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=429)
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/busy", busy)
+    server = await aiohttp_server(app)
+    metrics = Metrics()
+    async with aiohttp.ClientSession(trace_configs=metrics.trace_configs()) as session:
+        for path in ("/ok", "/ok", "/busy"):
+            async with session.get(server.make_url(path)):
+                pass
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with session.get(f"http://127.0.0.1:{free_port()}/"):
+                pass
+    parsed = samples(metrics.render()[0].decode())
+    assert value(parsed, "geod_api_requests_total", status="200") == 2
+    assert value(parsed, "geod_api_requests_total", status="429") == 1
+    assert value(parsed, "geod_api_requests_total", status="error") == 1
+    assert value(parsed, "geod_api_rate_limited_total") == 1
+
+
+def test_port_in_use_is_a_one_line_startup_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`geod run` with a metrics port already taken exits 1 with one clear line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "geod.toml", f"""
+[database]
+path = "geo.db"
+[metrics]
+listen = "127.0.0.1:{port}"
+[log]
+format = "json"
+""")
+        assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"geod: metrics: cannot listen on 127.0.0.1:{port}: address already in use\n"
+
+
+@pytest.mark.slow
+def test_scraped_values_move_as_passes_run(tmp_path: Path) -> None:
+    """Scraping a running `geod run`: the backlog falls and counters rise pass after pass."""
+    db = tmp_path / "geo.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, "
+                     "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT)")
+        conn.executemany("INSERT INTO geo_cache (ip) VALUES (?)",
+                         [("8.8.8.8",), ("1.1.1.1",), ("10.0.0.1",)])
+    conn.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with start_fake_ipapi(tmp_path, limit=1, window=2) as fake:
+        config = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url,
+                                   batch_size=1, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        with GeodProcess(config) as geod:
+            first = scrape_until(url, lambda s: passes(s) >= 1, geod.describe)
+            assert value(first, "geod_unresolved_rows") == 1  # the private address stays NULL
+            assert value(first, "geod_lookups_total", provider="ip-api", result="resolved") == 2
+            assert value(first, "geod_api_requests_total", status="200") == 2
+            assert value(first, "geod_rate_limit_wait_seconds_total") > 1
+            assert value(first, "geod_last_success_timestamp_seconds") > time.time() - 60
+            assert value(first, "geod_pass_duration_seconds_count") == 1
+            with sqlite3.connect(db) as conn:
+                conn.execute("INSERT INTO geo_cache (ip) VALUES ('9.9.9.9')")
+            conn.close()
+            geod.proc.send_signal(signal.SIGHUP)
+            second = scrape_until(url, lambda s: passes(s) >= 2, geod.describe)
+            assert value(second, "geod_lookups_total", provider="ip-api", result="resolved") == 3
+            assert value(second, "geod_api_requests_total", status="200") == 3
+            assert value(second, "geod_pass_duration_seconds_count") == 2
+            assert value(second, "geod_unresolved_rows") == 1
+            assert value(second, "geod_negative_cache_entries") == 0  # SIGHUP cleared it
+            geod.proc.send_signal(signal.SIGTERM)
+            assert geod.wait() == 0
+
+
+def passes(parsed: Samples) -> float:
+    return value(parsed, "geod_passes_total", result="success")
+
+
+def scrape_until(url: str, ready: Callable[[Samples], bool], describe: Callable[[], str],
+                 timeout: float = 15) -> Samples:
+    """Scrape `url` until `ready(samples)` holds; fail with the daemon's output on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Samples = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                last = samples(response.read().decode())
+            if ready(last):
+                return last
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"metrics never got there: {sorted(last.items())[:40]}\n"
+                         + describe())
