@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +81,27 @@ url = "{url or fake_server[1]}"
 def daemon(config: Config, clock: FakeClock) -> Daemon:
     """The real daemon on fake time, without signal handlers (tests call request_* instead)."""
     return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False)
+
+
+@contextlib.contextmanager
+def lock_held(db: Path, how: str = "IMMEDIATE") -> Iterator[subprocess.Popen[str]]:
+    """Another process holds a `BEGIN <how>` transaction on `db` until the block ends."""
+    code = (
+        "import sqlite3, sys\n"
+        f"conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        f"conn.execute('BEGIN {how}')\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+        "conn.execute('ROLLBACK')\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()

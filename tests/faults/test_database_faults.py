@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -19,34 +18,10 @@ import pytest
 
 from tests.conftest import FakeClock, events
 from tests.fake_ipapi import FakeIpApi
-from tests.faults.conftest import NEVER_SENT, PUBLIC, MakeConfig, daemon
+from tests.faults.conftest import NEVER_SENT, PUBLIC, MakeConfig, daemon, lock_held
 from tests.faults.invariants import assert_invariants, integrity, snapshot
 
 Logs = list[MutableMapping[str, Any]]
-
-
-@contextlib.contextmanager
-def lock_held(db: Path, how: str = "IMMEDIATE") -> Iterator[subprocess.Popen[str]]:
-    """Another process holds a `BEGIN <how>` transaction on `db` until the block ends."""
-    code = (
-        "import sqlite3, sys\n"
-        f"conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-        f"conn.execute('BEGIN {how}')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-        "conn.execute('ROLLBACK')\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        yield holder
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(10)
-        assert holder.stdout is not None
-        holder.stdout.close()
 
 
 def set_journal_mode(db: Path, mode: str) -> None:
@@ -108,7 +83,7 @@ def read_only_folder(folder: Path) -> Iterator[None]:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True)
         yield
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 async def test_read_only_database(make_config: MakeConfig, fake_clock: FakeClock,
@@ -290,7 +265,7 @@ def small_filesystem(folder: Path, size: str = "256k") -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def fill(folder: Path) -> Path:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import MakeDb
+from tests.faults.conftest import lock_held
 from tests.faults.invariants import assert_invariants, batch_requests, snapshot
-from tests.faults.test_database_faults import lock_held
 from tests.proc import FakeServer, GeodProcess, start_fake_ipapi, write_geod_config
 
 pytestmark = pytest.mark.slow
@@ -186,11 +186,9 @@ def test_a_hundred_sighups_in_one_second(tmp_path: Path, make_db: MakeDb) -> Non
         cfg = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url, batch_size=1)
         with GeodProcess(cfg) as geod:
             geod.wait_for_event("rate_limit_wait")
-            started = time.monotonic()
-            for _ in range(100):
+            for _ in range(100):  # about half a second in all
                 geod.send(signal.SIGHUP)
-                time.sleep(0.008)
-            assert time.monotonic() - started < 1.5
+                time.sleep(0.005)
             assert geod.named("geo_re_resolve_complete") == [], "the pass ended too soon"
             geod.wait_for_event("geo_re_resolve_complete", count=2)
             time.sleep(0.5)  # a third pass would start at once: give it the chance to show
