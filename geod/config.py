@@ -11,10 +11,10 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from geod.credentials import read_key_file
@@ -25,6 +25,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/geod/config.toml")
 FREE_BATCH_URL = "http://ip-api.com/batch"
 PRO_BATCH_URL = "https://pro.ip-api.com/batch"
 REDACTED = "<redacted>"
+PROVIDERS = ("ip-api", "mmdb", "rir")
 
 # SQL identifiers come from the config and are spliced into statements (as quoted identifiers),
 # so only this conservative shape is accepted; values always travel as bound parameters.
@@ -53,6 +54,7 @@ class ColumnsConfig:
     asn: str = _setting("asn", identifier=True)
     org: str = _setting("org", identifier=True)
     updated_at: str = _setting("cached_at", identifier=True)
+    source: str = _setting("", identifier=True)  # which provider answered ("mmdb", "ip-api")
 
     def written(self) -> dict[str, str]:
         """Field name -> column name for every field geod writes besides the key."""
@@ -93,6 +95,23 @@ class IpApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolveConfig:
+    # Tried in order; each provider gets only the addresses the ones before it could not answer.
+    providers: tuple[str, ...] = _setting(("ip-api",), choices=PROVIDERS, item="provider")
+
+
+@dataclass(frozen=True, slots=True)
+class MmdbConfig:
+    path: str = _setting("")  # a country/city database; required when providers has "mmdb"
+    asn_path: str = _setting("")  # optional ASN database: adds asn/org to mmdb answers
+
+
+@dataclass(frozen=True, slots=True)
+class RirConfig:
+    """No settings today (iptocc embeds its data); the table is accepted so it can grow some."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _setting("info", choices=("debug", "info", "warning", "error"))
     format: str = _setting("auto", choices=("auto", "json", "console"))
@@ -109,6 +128,9 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     negative_cache: NegativeCacheConfig = field(default_factory=NegativeCacheConfig)
     ipapi: IpApiConfig = field(default_factory=IpApiConfig)
+    resolve: ResolveConfig = field(default_factory=ResolveConfig)
+    mmdb: MmdbConfig = field(default_factory=MmdbConfig)
+    rir: RirConfig = field(default_factory=RirConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = field(default="", metadata={"derived": True})  # the file it was loaded from
@@ -191,6 +213,8 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
         if not rules["low"] <= value <= rules["high"] or not math.isfinite(value):
             raise fail(f"must be {rules['low']}..{rules['high']}, got {_show(value)}")
         return hint(value)
+    if get_origin(hint) is tuple:
+        return _check_list(value, rules, fail)
     if not isinstance(value, str):
         raise fail(f"must be a string, got {_show(value)}")
     if "choices" in rules and value not in rules["choices"]:
@@ -203,6 +227,21 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
             f"got {_show(value)}"
         )
     return value
+
+
+def _check_list(value: Any, rules: Mapping[str, Any], fail: Callable[[str], ConfigError]) -> Any:
+    """A non-empty array of distinct strings, each one of `choices`."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise fail(f"must be an array of strings, got {_show(value)}")
+    if not value:
+        raise fail("must not be empty")
+    for index, item in enumerate(value):
+        if item not in rules["choices"]:
+            known = ", ".join(rules["choices"])
+            raise fail(f"unknown {rules['item']} {_show(item)} (known: {known})")
+        if item in value[:index]:
+            raise fail(f"{_show(item)} is listed twice")
+    return tuple(value)
 
 
 def _check_relations(config: Config, file: str) -> None:
@@ -224,6 +263,8 @@ def _check_relations(config: Config, file: str) -> None:
             )
         if column:
             seen[column.lower()] = name
+    if "mmdb" in config.resolve.providers and not config.mmdb.path:
+        raise ConfigError(file, "mmdb.path", 'must be set when [resolve] providers has "mmdb"')
     url = config.ipapi.url
     if url:
         try:
@@ -247,16 +288,25 @@ def _check_relations(config: Config, file: str) -> None:
 
 
 def _derive(config: Config, path: Path) -> Config:
-    """Fill in values that depend on others: the database path and the endpoint."""
-    db_path = Path(config.database.path)
-    if not db_path.is_absolute():
-        db_path = path.parent.absolute() / db_path
+    """Fill in values that depend on others: the file paths and the endpoint."""
+
+    def beside_config(value: str) -> str:
+        file = Path(value)
+        return str(file if not value or file.is_absolute() else path.parent.absolute() / file)
+
+    db_path = beside_config(config.database.path)
+    mmdb = replace(
+        config.mmdb,
+        path=beside_config(config.mmdb.path),
+        asn_path=beside_config(config.mmdb.asn_path),
+    )
     url = config.ipapi.url or (PRO_BATCH_URL if config.ipapi.key else FREE_BATCH_URL)
     return replace(
         config,
         source=str(path),
-        database=replace(config.database, path=str(db_path)),
+        database=replace(config.database, path=db_path),
         ipapi=replace(config.ipapi, url=url),
+        mmdb=mmdb,
     )
 
 
