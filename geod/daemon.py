@@ -22,6 +22,7 @@ from geod.hooks import Hooks
 from geod.ipapi import IpApiClient, make_session
 from geod.negcache import NegativeCache
 from geod.provider import Provider
+from geod.providers import ProviderSet, open_providers, reload_providers
 from geod.ratelimit import RateGovernor
 from geod.resolve import PassSummary, run_pass
 from geod.store import Store
@@ -68,7 +69,7 @@ class Daemon:
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
                                      share=config.ipapi.share == "auto",
                                      on_wait=self._hooks.rate_limit_wait)
-        self.provider: Provider | None = provider
+        self.providers: ProviderSet | None = None  # the chain, opened in startup()
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -117,8 +118,11 @@ class Daemon:
         store = await Store.open(self.config.database, self.config.source)
         await store.close()
         self._session = make_session(trace_configs=self._hooks.trace_configs())
-        if self.provider is None:
-            self.provider = self._make_provider(self._session)
+        try:
+            self.providers = self._open_providers()  # ConfigError: an mmdb file will not open
+        except BaseException:
+            await self._session.close()
+            raise
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -127,6 +131,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._hooks.stopping()
+        if self.providers is not None:
+            self.providers.close()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -167,11 +173,11 @@ class Daemon:
             structlog.contextvars.unbind_contextvars("pass_id")
 
     async def _pass(self) -> PassSummary:
-        if self.provider is None:
+        if self.providers is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await Store.open(self.config.database, self.config.source)
         try:
-            return await run_pass(store, self.provider, self.negcache, clock=self._clock,
+            return await run_pass(store, self.providers.chain, self.negcache, clock=self._clock,
                                   progress=self._hooks.pass_progress)
         finally:
             await store.close()
@@ -192,13 +198,25 @@ class Daemon:
             self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
-            if self._fixed_provider is None and self._session is not None:
-                self.provider = self._make_provider(self._session)
             if self._on_reload is not None:
                 self._on_reload(new)
             log.info("config_reloaded", path=new.source)
+        if self._fixed_provider is None and self.providers is not None:
+            # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
+            self.providers = reload_providers(self.providers, self.config, self._make_ipapi)
         log.info("negative_cache_cleared", entries=self.negcache.clear())
         self._hooks.reloaded(self.config)
+
+    def _open_providers(self) -> ProviderSet:
+        """The configured chain (or the one injected provider). Raises: ConfigError."""
+        if self._fixed_provider is not None:
+            return ProviderSet([self._fixed_provider])
+        return open_providers(self.config, self._make_ipapi)
+
+    def _make_ipapi(self) -> Provider:
+        if self._session is None:
+            raise RuntimeError("Daemon.startup() must create the session first")
+        return self._make_provider(self._session)
 
     def _make_provider(self, session: aiohttp.ClientSession) -> Provider:
         return IpApiClient(self.config.ipapi, session, self.governor, sleep=self._sleep)
