@@ -291,8 +291,9 @@ def _derive(config: Config, path: Path) -> Config:
     """Fill in values that depend on others: the file paths and the endpoint."""
 
     def beside_config(value: str) -> str:
-        file = Path(value)
-        return str(file if not value or file.is_absolute() else path.parent.absolute() / file)
+        if not value or Path(value).is_absolute():
+            return value
+        return str(path.parent.absolute() / value)
 
     db_path = beside_config(config.database.path)
     mmdb = replace(
