@@ -8,6 +8,7 @@ rather than a country, is a MISS and goes to the next provider.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import iptocc
@@ -35,9 +36,15 @@ class RirProvider:
 
 
 def _lookup(address: str, raw: str | None) -> Lookup:
-    code = country_code(raw)
-    if code is None:
+    geo = _geo(raw)
+    if geo is None:
         reason = "no allocation" if raw is None else f"allocated to {raw[:8]!r}, not a country"
         return Lookup(address, Outcome.MISS, reason=reason, source=RirProvider.name)
-    geo = Geo(code, country_name(code))
     return Lookup(address, Outcome.RESOLVED, geo=geo, source=RirProvider.name)
+
+
+@functools.cache
+def _geo(raw: str | None) -> Geo | None:
+    """One shared, validated Geo per code iptocc returns (a few hundred codes in all)."""
+    code = country_code(raw)
+    return Geo(code, country_name(code)) if code is not None else None
