@@ -175,3 +175,25 @@ async def test_summary_line_and_start_event_name_the_chain(
                               negcache, fake_clock)
     assert events(logs, "geo_re_resolve_start")[0]["providers"] == ["mmdb", "rir"]
     assert summary.line().endswith("missed=1 duration_s=0.0 resolved_by=mmdb:1,rir:0")
+
+
+async def test_progress_reports_every_providers_lookups_and_counts_rows_once(
+        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+    """Each provider call is reported (metrics count lookups by provider); done reaches total."""
+    path = make_db([(ip, None) for ip in ("8.8.8.8", "1.1.1.1", "2.2.2.2", "10.0.0.1")])
+    reports: list[tuple[list[tuple[str, str]], int, int]] = []
+
+    def progress(lookups: Sequence[Lookup], done: int, total: int) -> None:
+        reports.append(([(lk.source, lk.outcome.value) for lk in lookups], done, total))
+
+    chain = [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {"1.1.1.1": R})]
+    store = await Store.open(DatabaseConfig(path=str(path)), "geod.toml")
+    try:
+        await run_pass(store, chain, negcache, clock=fake_clock, progress=progress)
+    finally:
+        await store.close()
+    assert reports == [
+        ([], 0, 4),
+        ([("mmdb", "resolved"), ("mmdb", "miss"), ("mmdb", "miss")], 2, 4),  # + 10.0.0.1
+        ([("rir", "resolved"), ("rir", "miss")], 4, 4),
+    ]
