@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,9 +12,8 @@ from geod.negcache import NegativeCache
 from geod.provider import Geo, Lookup, Outcome
 from geod.resolve import PassSummary, run_pass
 from geod.store import Store, Update
-from tests.conftest import FakeClock, MakeDb, events, read_rows
+from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows
 
-Logs = list[MutableMapping[str, Any]]
 SOURCE_SCHEMA = (
     "CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
     "asn TEXT, org TEXT, cached_at TEXT, answered_by TEXT)"

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geod.config import PROVIDERS, Config, load_config
+from geod.config import PROVIDERS, load_config
 from geod.errors import ConfigError
 from tests.conftest import write_config
+from tests.test_config import check_case
 
 CASES: list[Any] = [
     pytest.param("", {"resolve.providers": ("ip-api",), "mmdb.path": "", "mmdb.asn_path": "",
@@ -54,27 +55,10 @@ CASES: list[Any] = [
 ]
 
 
-def _lookup(config: Config, dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
 @pytest.mark.parametrize(("toml", "expected"), CASES)
 def test_load_config(tmp_path: Path, toml: str, expected: str | dict[str, Any]) -> None:
     """Each TOML text loads to the expected values or fails with exactly the expected error."""
-    path = write_config(tmp_path / "geod.toml", toml)
-    subs = {"file": str(path), "dir": str(tmp_path)}
-    if isinstance(expected, str):
-        with pytest.raises(ConfigError) as caught:
-            load_config(path)
-        assert str(caught.value) == expected.format(**subs)
-        return
-    config = load_config(path)
-    for dotted, want in expected.items():
-        got = _lookup(config, dotted)
-        assert got == (want.format(**subs) if isinstance(want, str) else want), dotted
+    check_case(tmp_path, toml, expected)
 
 
 def test_source_column_is_written_only_when_mapped(tmp_path: Path) -> None:

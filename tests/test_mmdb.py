@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from geod.config import MmdbConfig
 from geod.mmdb import MmdbOpenError, MmdbProvider, WatchedReader, parse_asn, parse_country
 from geod.provider import Geo, Outcome
-from tests.conftest import events
+from tests.conftest import Logs, events
 from tests.mmdb_files import (
     LAYOUTS,
     geolite2_asn,
@@ -20,8 +19,6 @@ from tests.mmdb_files import (
     ipinfo_lite,
     write_mmdb,
 )
-
-Logs = list[MutableMapping[str, Any]]
 
 
 def country_db(path: Path, layout: str = "geolite2-country", ip_version: int = 6) -> Path:

@@ -5,30 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from geod.cli import main
 from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
 from geod.resolve import PassSummary
-from tests.conftest import FakeClock, MakeDb, events, read_rows, write_config
+from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
 from tests.mmdb_files import geolite2_country, write_mmdb
-
-Logs = list[MutableMapping[str, Any]]
-
-
-@pytest.fixture
-async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
-    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
-    server: TestServer = await aiohttp_server(fake.app)
-    return fake, str(server.make_url("/batch"))
 
 
 @pytest.fixture
