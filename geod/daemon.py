@@ -25,7 +25,7 @@ from geod.provider import Provider
 from geod.providers import ProviderSet, open_providers, reload_providers
 from geod.ratelimit import RateGovernor
 from geod.resolve import PassSummary, run_pass
-from geod.store import Store
+from geod.store import Store, is_locked
 
 log = structlog.get_logger("geod.daemon")
 
@@ -44,8 +44,6 @@ class Daemon:
         sleep: Sleep = asyncio.sleep,
         handle_signals: bool = True,
         provider: Provider | None = None,
-        on_reload: Callable[[Config], None] | None = None,
-        on_pass_done: Callable[[PassSummary], None] | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self.config = config
@@ -56,8 +54,6 @@ class Daemon:
         self._sleep = sleep
         self._handle_signals = handle_signals
         self._fixed_provider = provider
-        self._on_reload = on_reload
-        self._on_pass_done = on_pass_done
         self._hooks = hooks or Hooks()  # sd_notify and metrics in `geod run`; no-ops elsewhere
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
@@ -154,8 +150,11 @@ class Daemon:
             log.info("geo_re_resolve_interrupted", reason="stop")
             return None
         except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
-            log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
-                      error_type=type(error).__name__)
+            if is_locked(error):  # the app held its lock past busy_timeout while we read
+                log.warning("database_locked", action="retry_next_pass")
+            else:
+                log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
+                          error_type=type(error).__name__)
             self._hooks.pass_done(None, error=str(error) or type(error).__name__)
             return None
         else:
@@ -165,8 +164,6 @@ class Daemon:
                 del fields["unresolved"]
                 log.info("geo_re_resolve_complete", **fields)
             self._hooks.pass_done(summary)
-            if self._on_pass_done is not None:
-                self._on_pass_done(summary)
             return summary
         finally:
             self._pass_task = None
@@ -198,8 +195,6 @@ class Daemon:
             self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
-            if self._on_reload is not None:
-                self._on_reload(new)
             log.info("config_reloaded", path=new.source)
         if self._fixed_provider is None and self.providers is not None:
             # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
@@ -214,12 +209,10 @@ class Daemon:
         return open_providers(self.config, self._make_ipapi)
 
     def _make_ipapi(self) -> Provider:
+        """The ip-api client for the current config, on the one session and governor."""
         if self._session is None:
             raise RuntimeError("Daemon.startup() must create the session first")
-        return self._make_provider(self._session)
-
-    def _make_provider(self, session: aiohttp.ClientSession) -> Provider:
-        return IpApiClient(self.config.ipapi, session, self.governor, sleep=self._sleep)
+        return IpApiClient(self.config.ipapi, self._session, self.governor, sleep=self._sleep)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""

@@ -18,7 +18,7 @@ import structlog
 from geod.addresses import sendable
 from geod.negcache import NegativeCache
 from geod.provider import Lookup, Outcome, Provider
-from geod.store import Row, Store, Update
+from geod.store import Row, Store, Update, is_locked
 
 log = structlog.get_logger("geod.resolve")
 
@@ -235,17 +235,12 @@ async def _write(
             tally.count_written(source, write.result())
         raise
     except Exception as error:
-        if not _is_locked(error):
+        if not is_locked(error):
             raise
         tally.locked += len(updates)
         log.warning("database_locked", rows=len(updates), action="retry_next_pass")
     else:
         tally.count_written(source, written)
-
-
-def _is_locked(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "database is locked" in text or "database is busy" in text
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

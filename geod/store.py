@@ -175,6 +175,13 @@ class Store:
         return int(row[0]) if row else 0
 
 
+def is_locked(error: BaseException) -> bool:
+    """The app held its lock past busy_timeout: skip for now, try again next pass."""
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError | StoreError) and (
+        "database is locked" in text or "database is busy" in text)
+
+
 def _probe(uri: str) -> None:
     sqlite3.connect(uri, uri=True).close()
 

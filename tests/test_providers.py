@@ -14,6 +14,7 @@ from geod.cli import main
 from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
+from geod.hooks import OnPassDone
 from geod.resolve import PassSummary
 from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
@@ -55,8 +56,8 @@ SOURCE_SCHEMA = (
 
 def daemon_for(config: Config, clock: FakeClock,
                on_pass_done: Callable[[PassSummary], None] | None = None) -> Daemon:
-    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False,
-                  on_pass_done=on_pass_done)
+    hooks = OnPassDone(on_pass_done) if on_pass_done is not None else None
+    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, hooks=hooks)
 
 
 def add_rows(db: Path, *ips: str) -> None:
