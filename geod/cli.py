@@ -16,7 +16,9 @@ from dataclasses import asdict
 from geod import __version__, logs, service
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
+from geod.demo import DEFAULT_DIR, run_demo
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
+from geod.providers import check_files
 from geod.store import Store
 
 
@@ -38,11 +40,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="validate and print the effective config (secrets redacted)")
     status = commands.add_parser("status", parents=[common], help="show the table's state")
     status.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    demo = commands.add_parser("demo", parents=[common],
+                               help="resolve a demo table offline and show it before and after")
+    demo.add_argument("--dir", default=DEFAULT_DIR,
+                      help=f"folder for the demo's config and database (default: {DEFAULT_DIR})")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return _demo(args.dir)
     try:
         config = load_config(config_path(getattr(args, "config", None)))
     except GeodError as error:
@@ -51,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log.level, config.log.format, stream)
     try:
         if args.command == "check-config":
+            check_files(config)
             print(json.dumps(config.redacted(), indent=2))
             return EXIT_OK
         if args.command == "status":
@@ -97,6 +106,19 @@ async def _status(config: Config, *, as_json: bool) -> int:
     print(f"unresolvable  {counts.unresolvable}  (private, reserved or invalid: never sent)")
     top = ", ".join(f"{code} {n}" for code, n in counts.top_countries) or "none yet"
     print(f"top countries {top}")
+    return EXIT_OK
+
+
+def _demo(folder: str) -> int:
+    """`geod demo` brings its own config; --config is ignored."""
+    logs.configure("warning", "auto", sys.stderr)
+    try:
+        run_demo(folder, sys.stdout)
+    except GeodError as error:
+        return _fail(error)
+    except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
+        print(f"geod: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -22,9 +22,10 @@ from geod.hooks import Hooks
 from geod.ipapi import IpApiClient, make_session
 from geod.negcache import NegativeCache
 from geod.provider import Provider
+from geod.providers import ProviderSet, open_providers, reload_providers
 from geod.ratelimit import RateGovernor
 from geod.resolve import PassSummary, run_pass
-from geod.store import Store
+from geod.store import Store, is_locked
 
 log = structlog.get_logger("geod.daemon")
 
@@ -43,8 +44,6 @@ class Daemon:
         sleep: Sleep = asyncio.sleep,
         handle_signals: bool = True,
         provider: Provider | None = None,
-        on_reload: Callable[[Config], None] | None = None,
-        on_pass_done: Callable[[PassSummary], None] | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self.config = config
@@ -55,8 +54,6 @@ class Daemon:
         self._sleep = sleep
         self._handle_signals = handle_signals
         self._fixed_provider = provider
-        self._on_reload = on_reload
-        self._on_pass_done = on_pass_done
         self._hooks = hooks or Hooks()  # sd_notify and metrics in `geod run`; no-ops elsewhere
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
@@ -68,7 +65,7 @@ class Daemon:
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
                                      share=config.ipapi.share == "auto",
                                      on_wait=self._hooks.rate_limit_wait)
-        self.provider: Provider | None = provider
+        self.providers: ProviderSet | None = None  # the chain, opened in startup()
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -117,8 +114,11 @@ class Daemon:
         store = await Store.open(self.config.database, self.config.source)
         await store.close()
         self._session = make_session(trace_configs=self._hooks.trace_configs())
-        if self.provider is None:
-            self.provider = self._make_provider(self._session)
+        try:
+            self.providers = self._open_providers()  # ConfigError: an mmdb file will not open
+        except BaseException:
+            await self._session.close()
+            raise
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
@@ -127,6 +127,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._hooks.stopping()
+        if self.providers is not None:
+            self.providers.close()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -148,8 +150,11 @@ class Daemon:
             log.info("geo_re_resolve_interrupted", reason="stop")
             return None
         except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
-            log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
-                      error_type=type(error).__name__)
+            if is_locked(error):  # the app held its lock past busy_timeout while we read
+                log.warning("database_locked", action="retry_next_pass")
+            else:
+                log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
+                          error_type=type(error).__name__)
             self._hooks.pass_done(None, error=str(error) or type(error).__name__)
             return None
         else:
@@ -159,19 +164,17 @@ class Daemon:
                 del fields["unresolved"]
                 log.info("geo_re_resolve_complete", **fields)
             self._hooks.pass_done(summary)
-            if self._on_pass_done is not None:
-                self._on_pass_done(summary)
             return summary
         finally:
             self._pass_task = None
             structlog.contextvars.unbind_contextvars("pass_id")
 
     async def _pass(self) -> PassSummary:
-        if self.provider is None:
+        if self.providers is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await Store.open(self.config.database, self.config.source)
         try:
-            return await run_pass(store, self.provider, self.negcache, clock=self._clock,
+            return await run_pass(store, self.providers.chain, self.negcache, clock=self._clock,
                                   progress=self._hooks.pass_progress)
         finally:
             await store.close()
@@ -192,16 +195,24 @@ class Daemon:
             self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
-            if self._fixed_provider is None and self._session is not None:
-                self.provider = self._make_provider(self._session)
-            if self._on_reload is not None:
-                self._on_reload(new)
             log.info("config_reloaded", path=new.source)
+        if self._fixed_provider is None and self.providers is not None:
+            # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
+            self.providers = reload_providers(self.providers, self.config, self._make_ipapi)
         log.info("negative_cache_cleared", entries=self.negcache.clear())
         self._hooks.reloaded(self.config)
 
-    def _make_provider(self, session: aiohttp.ClientSession) -> Provider:
-        return IpApiClient(self.config.ipapi, session, self.governor, sleep=self._sleep)
+    def _open_providers(self) -> ProviderSet:
+        """The configured chain (or the one injected provider). Raises: ConfigError."""
+        if self._fixed_provider is not None:
+            return ProviderSet([self._fixed_provider])
+        return open_providers(self.config, self._make_ipapi)
+
+    def _make_ipapi(self) -> Provider:
+        """The ip-api client for the current config, on the one session and governor."""
+        if self._session is None:
+            raise RuntimeError("Daemon.startup() must create the session first")
+        return IpApiClient(self.config.ipapi, self._session, self.governor, sleep=self._sleep)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""

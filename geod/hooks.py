@@ -7,7 +7,7 @@ loop between awaits, so they must be quick and must not raise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 
@@ -88,3 +88,24 @@ class Fanout(Hooks):
     def stopping(self) -> None:
         for hook in self.hooks:
             hook.stopping()
+
+
+class OnPassDone(Hooks):
+    """Calls `callback` with the summary of every pass that ended normally."""
+
+    def __init__(self, callback: Callable[[PassSummary], None]) -> None:
+        self.callback = callback
+
+    def pass_done(self, summary: PassSummary | None, error: str = "") -> None:
+        if summary is not None:
+            self.callback(summary)
+
+
+class OnReloaded(Hooks):
+    """Calls `callback` with the config in force after every reload (`geod run` re-logs)."""
+
+    def __init__(self, callback: Callable[[Config], None]) -> None:
+        self.callback = callback
+
+    def reloaded(self, config: Config) -> None:
+        self.callback(config)

@@ -2,7 +2,8 @@
 
 A provider gets normalised, sendable addresses and returns one `Lookup` per address, in order.
 It never raises for a failed look-up: failures are data (`Outcome.FAILED`), so one bad batch
-cannot end a pass. Only cancellation propagates.
+cannot end a pass. Only cancellation propagates. Providers are tried in a chain (`resolve`): MISS
+and FAILED pass an address on to the next provider, RESOLVED and UNRESOLVABLE end its chain.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ class Outcome(enum.Enum):
     RESOLVED = "resolved"
     FAILED = "failed"  # worth asking again later (negative cache back-off)
     UNRESOLVABLE = "unresolvable"  # the provider says it never will (private, reserved, invalid)
+    # Not in this provider's data (an offline database without the range). Unlike FAILED it says
+    # nothing went wrong, and unlike UNRESOLVABLE it says nothing about the address itself.
+    MISS = "miss"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,7 @@ class Lookup:
 
 
 class Provider(Protocol):
-    """Anything that resolves addresses: ip-api today, offline databases later."""
+    """Anything that resolves addresses: ip-api, or an offline database (`mmdb`, `rir`)."""
 
     name: str
     batch_size: int  # how many addresses one `resolve` call should get

@@ -1,7 +1,9 @@
-"""One resolution pass: read NULL-country rows, ask the provider, write what came back.
+"""One resolution pass: read NULL-country rows, ask the providers in order, write what came back.
 
 No scheduling, no signals: `Daemon` decides when a pass runs and cancels it on stop. Counts are
 per row (two rows that normalise to one address are sent once and both counted and written).
+Each chunk of rows goes through the chain: a provider gets only what the ones before it could not
+answer, and only what every provider missed or failed on backs off in the negative cache.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import structlog
 from geod.addresses import sendable
 from geod.negcache import NegativeCache
 from geod.provider import Lookup, Outcome, Provider
-from geod.store import Row, Store, Update
+from geod.store import Row, Store, Update, is_locked
 
 log = structlog.get_logger("geod.resolve")
 
@@ -33,6 +35,8 @@ class PassSummary:
     unresolvable: int = 0  # rows that can never be resolved (private, invalid, ...)
     backed_off: int = 0  # rows skipped because their address is still backing off
     locked: int = 0  # rows resolved but not written: database locked; retried next pass
+    missed: int = 0  # rows no provider had data for, none failing (backing off now)
+    resolved_by: dict[str, int] = field(default_factory=dict)  # provider name -> rows written
     duration_s: float = 0.0
 
     def line(self) -> str:
@@ -40,8 +44,14 @@ class PassSummary:
         return (
             f"unresolved={self.unresolved} retried={self.retried} resolved={self.resolved} "
             f"failed={self.failed} unresolvable={self.unresolvable} "
-            f"backed_off={self.backed_off} locked={self.locked} duration_s={self.duration_s}"
+            f"backed_off={self.backed_off} locked={self.locked} missed={self.missed} "
+            f"duration_s={self.duration_s}"
+            + (f" resolved_by={by}" if (by := _pairs(self.resolved_by)) else "")
         )
+
+
+def _pairs(counts: dict[str, int]) -> str:
+    return ",".join(f"{name}:{count}" for name, count in counts.items())
 
 
 @dataclass(slots=True)
@@ -79,40 +89,51 @@ class _Tally:
     unresolvable: int = 0
     backed_off: int = 0
     locked: int = 0
+    missed: int = 0
+    resolved_by: dict[str, int] = field(default_factory=dict)
+    done: int = 0  # rows no provider will be asked about again this pass, for `progress`
+
+    def count_written(self, source: str, rows: int) -> None:
+        self.resolved += rows
+        self.resolved_by[source] = self.resolved_by.get(source, 0) + rows
 
 
 async def run_pass(
     store: Store,
-    provider: Provider,
+    providers: Provider | Sequence[Provider],
     negcache: NegativeCache,
     *,
     clock: Callable[[], float],
     now_utc: Callable[[], str] = utc_now,
     progress: Progress | None = None,
 ) -> PassSummary:
-    """Run one pass over the store. Cancellation (a stop) keeps every batch already written."""
+    """Run one pass over the store. Cancellation (a stop) keeps every batch already written.
+
+    `providers` is the chain in order (or a single provider).
+    """
+    chain = tuple(providers) if isinstance(providers, Sequence) else (providers,)
     started = clock()
     negcache.prune()
     unresolved = await store.count_unresolved()
     if unresolved == 0:
         log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
         return PassSummary(duration_s=round(clock() - started, 3))
-    log.info("geo_re_resolve_start", unresolved=unresolved)
-    tally = _Tally()
-    done = 0  # rows dealt with so far, for `progress`
-    if progress is not None:
-        progress((), done, unresolved)
+    log.info("geo_re_resolve_start", unresolved=unresolved,
+             providers=[provider.name for provider in chain])
+    tally = _Tally(resolved_by={provider.name: 0 for provider in chain})
+
+    def report(lookups: Sequence[Lookup]) -> None:
+        if progress is not None:
+            progress(lookups, tally.done, unresolved)
+
+    report(())
     async for rows in store.unresolved_chunks():
         plan = plan_chunk(rows, negcache)
         tally.unresolvable += plan.unresolvable
         tally.backed_off += plan.backed_off
-        done += plan.unresolvable + plan.backed_off
-        for batch in _batches(list(plan.to_send), provider.batch_size):
-            lookups = await provider.resolve(batch)
-            await _apply(lookups, plan.to_send, store, negcache, tally, now_utc())
-            done += sum(len(plan.to_send[address]) for address in batch)
-            if progress is not None:
-                progress(lookups, done, unresolved)
+        tally.done += plan.unresolvable + plan.backed_off
+        tally.retried += sum(len(keys) for keys in plan.to_send.values())
+        await _run_chain(chain, plan.to_send, store, negcache, tally, now_utc, report)
     summary = PassSummary(
         unresolved=unresolved,
         retried=tally.retried,
@@ -121,54 +142,105 @@ async def run_pass(
         unresolvable=tally.unresolvable,
         backed_off=tally.backed_off,
         locked=tally.locked,
+        missed=tally.missed,
+        resolved_by=tally.resolved_by,
         duration_s=round(clock() - started, 3),
     )
     return summary
 
 
+async def _run_chain(
+    chain: Sequence[Provider],
+    keys_by_address: dict[str, list[str]],
+    store: Store,
+    negcache: NegativeCache,
+    tally: _Tally,
+    now_utc: Callable[[], str],
+    report: Callable[[Sequence[Lookup]], None],
+) -> None:
+    """Ask each provider in turn about what is still open in one chunk, writing as answers come.
+
+    Local providers take the chunk in one call (one write transaction); ip-api gets batches of
+    its own size, each written as soon as it is answered, so a crash loses at most one batch.
+    """
+    pending = list(keys_by_address)
+    failed: set[str] = set()  # addresses some provider failed on, as opposed to only missed
+    for index, provider in enumerate(chain):
+        last = index == len(chain) - 1
+        passed_on: list[str] = []
+        for batch in _batches(pending, provider.batch_size):
+            lookups = await provider.resolve(batch)
+            rest = await _apply(lookups, provider.name, keys_by_address, store, negcache, tally,
+                                now_utc())
+            for lookup in rest:
+                passed_on.append(lookup.address)
+                if lookup.outcome is Outcome.FAILED:
+                    failed.add(lookup.address)
+            still_open = set() if last else {lookup.address for lookup in rest}
+            tally.done += sum(len(keys_by_address[a]) for a in batch if a not in still_open)
+            report(lookups)
+        pending = passed_on
+        if not pending:
+            return
+    # Only here, after every provider, does an address back off: a miss in one database is no
+    # reason to keep the next provider from answering it.
+    for address in pending:
+        negcache.record_failure(address)
+        if address in failed:
+            tally.failed += len(keys_by_address[address])
+        else:
+            tally.missed += len(keys_by_address[address])
+
+
 async def _apply(
     lookups: Sequence[Lookup],
+    source: str,
     keys_by_address: dict[str, list[str]],
     store: Store,
     negcache: NegativeCache,
     tally: _Tally,
     resolved_at: str,
-) -> None:
+) -> list[Lookup]:
+    """Write the answers of one provider call; return the lookups to pass on (MISS, FAILED)."""
     updates: list[Update] = []
+    passed_on: list[Lookup] = []
     for lookup in lookups:
-        keys = keys_by_address.get(lookup.address, [])
-        tally.retried += len(keys)
+        keys = keys_by_address.get(lookup.address)
+        if keys is None:
+            continue  # not asked: a provider bug, never written
         if lookup.outcome is Outcome.RESOLVED and lookup.geo is not None:
             negcache.forget(lookup.address)
-            updates.extend(Update(key, lookup.geo) for key in keys)
-        elif lookup.outcome is Outcome.UNRESOLVABLE:
+            updates.extend(Update(key, lookup.geo, source) for key in keys)
+        elif lookup.outcome is Outcome.UNRESOLVABLE:  # ends the chain: asking others is moot
             negcache.record_permanent(lookup.address)
             tally.unresolvable += len(keys)
         else:
-            negcache.record_failure(lookup.address)
-            tally.failed += len(keys)
-    if not updates:
-        return
+            passed_on.append(lookup)
+    if updates:
+        await _write(updates, source, store, tally, resolved_at)
+    return passed_on
+
+
+async def _write(
+    updates: list[Update], source: str, store: Store, tally: _Tally, resolved_at: str
+) -> None:
     # The write of results already received must survive a stop: shield it, and if the pass is
     # cancelled meanwhile, let the write finish before the cancellation goes on.
     write = asyncio.ensure_future(store.write(updates, resolved_at))
     try:
-        tally.resolved += await asyncio.shield(write)
+        written = await asyncio.shield(write)
     except asyncio.CancelledError:
         await asyncio.wait([write])
         if not write.cancelled() and write.exception() is None:
-            tally.resolved += write.result()
+            tally.count_written(source, write.result())
         raise
     except Exception as error:
-        if not _is_locked(error):
+        if not is_locked(error):
             raise
         tally.locked += len(updates)
         log.warning("database_locked", rows=len(updates), action="retry_next_pass")
-
-
-def _is_locked(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "database is locked" in text or "database is busy" in text
+    else:
+        tally.count_written(source, written)
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

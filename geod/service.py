@@ -17,7 +17,7 @@ import structlog
 
 from geod.config import Config
 from geod.daemon import Daemon
-from geod.hooks import Fanout, Hooks
+from geod.hooks import Fanout, Hooks, OnReloaded
 from geod.hostport import split_host_port
 from geod.metrics import Metrics, MetricsServer
 from geod.notify import Notifier, watchdog_interval, watchdog_loop
@@ -126,7 +126,9 @@ async def run(
         interval = watchdog_interval(environ, os.getpid())
         if interval is not None and notifier.enabled:
             watchdog = asyncio.create_task(watchdog_loop(notifier, interval))
-        daemon = Daemon(config, hooks=Fanout(*hooks), on_reload=on_reload)
+        if on_reload is not None:
+            hooks.append(OnReloaded(on_reload))
+        daemon = Daemon(config, hooks=Fanout(*hooks))
         if metrics is not None:
             metrics.watch_negative_cache(lambda: len(daemon.negcache))
             metrics.watch_rate_limit_wait(lambda: daemon.governor.waited_s)

@@ -35,6 +35,7 @@ class Row:
 class Update:
     key: str
     geo: Geo
+    source: str = ""  # the provider's name, written when a `source` column is mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,7 @@ class Store:
             f"WHERE {self._ip} = ? AND {self._country} IS NULL"
         )
         params = [
-            (*(_field(update.geo, name, resolved_at) for name in written), update.key)
+            (*(_field(update, name, resolved_at) for name in written), update.key)
             for update in updates
         ]
         await self._conn.execute("BEGIN IMMEDIATE")
@@ -177,14 +178,23 @@ class Store:
         return int(row[0]) if row else 0
 
 
+def is_locked(error: BaseException) -> bool:
+    """The app held its lock past busy_timeout: skip for now, try again next pass."""
+    text = str(error).lower()
+    return isinstance(error, sqlite3.OperationalError | StoreError) and (
+        "database is locked" in text or "database is busy" in text)
+
+
 def _probe(uri: str) -> None:
     sqlite3.connect(uri, uri=True).close()
 
 
-def _field(geo: Geo, name: str, resolved_at: str) -> str | None:
+def _field(update: Update, name: str, resolved_at: str) -> str | None:
     if name == "updated_at":
         return resolved_at
-    value: str | None = getattr(geo, name)
+    if name == "source":
+        return update.source
+    value: str | None = getattr(update.geo, name)
     return value
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp.test_utils import TestServer
+
+from tests.fake_ipapi import FakeIpApi
 
 DEFAULT_SCHEMA = (
     "CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
@@ -51,8 +54,11 @@ def _reset_structlog() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
 
 
+Logs = list[MutableMapping[str, Any]]
+
+
 @pytest.fixture
-def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+def logs() -> Iterator[Logs]:
     """Every event logged during the test, as dicts (structlog.testing.capture_logs)."""
     with structlog.testing.capture_logs(
         processors=[structlog.contextvars.merge_contextvars]
@@ -60,7 +66,7 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
         yield captured
 
 
-def events(captured: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
+def events(captured: Logs, name: str) -> Logs:
     return [entry for entry in captured if entry["event"] == name]
 
 
@@ -100,3 +106,11 @@ def read_rows(path: Path, table: str = "geo_cache") -> dict[str, dict[str, Any]]
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
+    """The fake ip-api on the fake clock, served in-process: (its state, its batch URL)."""
+    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
+    server: TestServer = await aiohttp_server(fake.app)
+    return fake, str(server.make_url("/batch"))

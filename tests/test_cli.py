@@ -26,7 +26,7 @@ from tests.proc import REPO, FakeServer, _base_env, run_geod, start_fake_ipapi, 
 EXIT_CONFIG = 78
 SUMMARY = re.compile(
     r"unresolved=\d+ retried=\d+ resolved=\d+ failed=\d+ unresolvable=\d+ backed_off=\d+ "
-    r"locked=\d+ duration_s=\d+(\.\d+)?"
+    r"locked=\d+ missed=\d+ duration_s=\d+(\.\d+)?( resolved_by=[a-z-]+:\d+(,[a-z-]+:\d+)*)?"
 )
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SECRET = "k3y-d0-n0t-l3ak-9f8e7d"  # noqa: S105 - a made-up key that must never be shown

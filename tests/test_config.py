@@ -506,9 +506,8 @@ def _lookup(config: Config, dotted: str) -> Any:
     return value
 
 
-@pytest.mark.parametrize(("toml", "expected"), CASES)
-def test_load_config(tmp_path: Path, toml: str, expected: str | dict[str, Any]) -> None:
-    """Each TOML text loads to the expected values or fails with exactly the expected error."""
+def check_case(tmp_path: Path, toml: str, expected: str | dict[str, Any]) -> None:
+    """Load `toml`: it must fail with exactly `expected` (a str) or give the values in it."""
     path = write_config(tmp_path / "geod.toml", toml)
     subs = {"file": str(path), "dir": str(tmp_path)}
     if isinstance(expected, str):
@@ -526,6 +525,12 @@ def test_load_config(tmp_path: Path, toml: str, expected: str | dict[str, Any]) 
         else:
             assert got == want, dotted
             assert type(got) is type(want), dotted
+
+
+@pytest.mark.parametrize(("toml", "expected"), CASES)
+def test_load_config(tmp_path: Path, toml: str, expected: str | dict[str, Any]) -> None:
+    """Each TOML text loads to the expected values or fails with exactly the expected error."""
+    check_case(tmp_path, toml, expected)
 
 
 def test_load_config_accepts_str_path(tmp_path: Path) -> None:

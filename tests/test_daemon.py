@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
+from geod.hooks import OnPassDone
 from geod.resolve import PassSummary
-from tests.conftest import FakeClock, MakeDb, events, read_rows, write_config
+from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
-
-Logs = list[MutableMapping[str, Any]]
-
-
-@pytest.fixture
-async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
-    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
-    server: TestServer = await aiohttp_server(fake.app)
-    return fake, str(server.make_url("/batch"))
 
 
 @pytest.fixture
@@ -44,8 +34,8 @@ url = "{fake_server[1]}"
 
 def daemon_for(config: Config, clock: FakeClock,
                on_pass_done: Callable[[PassSummary], None] | None = None) -> Daemon:
-    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False,
-                  on_pass_done=on_pass_done)
+    hooks = OnPassDone(on_pass_done) if on_pass_done is not None else None
+    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, hooks=hooks)
 
 
 async def reload_after_first_pass(config: Config, clock: FakeClock,
@@ -138,7 +128,9 @@ async def test_reload_applies_new_config_and_clears_negative_cache(
 
     daemon = await reload_after_first_pass(config, fake_clock, before_reload)
     assert daemon.config.ipapi.batch_size == 7
-    assert daemon.provider is not None and daemon.provider.batch_size == 7
+    assert daemon.providers is not None
+    ipapi = daemon.providers.get("ip-api")
+    assert ipapi is not None and ipapi.batch_size == 7
     assert events(logs, "negative_cache_cleared")[0]["entries"] == 1
     assert len(daemon.negcache) == 0
 
@@ -229,3 +221,26 @@ async def test_run_once_returns_the_summary(
     summary = await daemon_for(make_config(), fake_clock).run_once()
     assert summary is not None
     assert (summary.resolved, summary.unresolvable) == (1, 1)
+
+
+async def test_a_database_locked_for_the_read_is_a_warning(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """If the app holds an exclusive lock past busy_timeout, the pass warns and the next runs."""
+    import sqlite3
+
+    db = make_db([("8.8.8.8", None)])
+    daemon = daemon_for(make_config("[database]\nbusy_timeout = 0.05"), fake_clock)
+    await daemon.startup()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # readers are shut out in rollback-journal mode
+    try:
+        assert await daemon.run_pass() is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    summary = await daemon.run_pass()
+    await daemon.shutdown()
+    assert events(logs, "database_locked")[0]["log_level"] == "warning"
+    assert events(logs, "geo_re_resolve_error") == []
+    assert summary is not None and summary.resolved == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -17,11 +17,10 @@ from geod.config import IpApiConfig
 from geod.ipapi import FIELDS, IpApiClient, IpApiError, is_retryable, make_session, parse_batch
 from geod.provider import Outcome
 from geod.ratelimit import RateGovernor
-from tests.conftest import FakeClock, events
+from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi, Fault
 
 PUBLIC = [f"8.8.{i}.{i}" for i in range(1, 6)]
-Logs = list[MutableMapping[str, Any]]
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import MutableMapping
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -13,11 +11,9 @@ from aiohttp.test_utils import TestServer
 from geod.config import IpApiConfig
 from geod.ipapi import IpApiClient, make_session
 from geod.ratelimit import RESET_MARGIN, RateGovernor, overflow_bound, tail_bound
-from tests.conftest import FakeClock, events
+from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi
 from tests.sim import SimClock, Tenant, WindowStats, window_stats
-
-Logs = list[MutableMapping[str, Any]]
 
 
 def governor(clock: FakeClock, reserve: int = 0) -> RateGovernor:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from geod.config import Config, load_config
 from geod.daemon import Daemon
-from geod.hooks import Fanout, Hooks
+from geod.hooks import Fanout, Hooks, OnPassDone
 from geod.notify import Notifier
 from geod.provider import Lookup
 from geod.resolve import PassSummary
@@ -86,7 +86,7 @@ async def test_daemon_calls_hooks_through_its_lifecycle(
         (daemon.request_reload if passes == 1 else daemon.request_stop)()
 
     daemon = Daemon(_config(tmp_path, batch_url[1]), clock=fake_clock, sleep=fake_clock.sleep,
-                    handle_signals=False, on_pass_done=done, hooks=Fanout(Hooks(), recorder))
+                    handle_signals=False, hooks=Fanout(recorder, OnPassDone(done)))
     await daemon.run()
     assert recorder.calls == [
         ("started",),

@@ -1,0 +1,90 @@
+"""Real MaxMind DB files for tests, built with `mmdb-writer` in the layouts real vendors ship.
+
+Record shapes follow the vendors' documented schemas: MaxMind GeoLite2/GeoIP2 Country and City,
+DB-IP Lite (the GeoIP2 Country layout), IPinfo Lite (flat strings) and GeoLite2 ASN. Files are
+written to a temporary name and renamed into place, the way geoipupdate replaces them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+Record = dict[str, Any]
+
+_CONTINENTS = {"US": ("NA", "North America"), "JP": ("AS", "Asia"), "DE": ("EU", "Europe"),
+               "BR": ("SA", "South America"), "ZA": ("AF", "Africa")}
+
+
+def _continent(code: str) -> Record:
+    short, name = _CONTINENTS.get(code, ("EU", "Europe"))
+    return {"code": short, "geoname_id": 6255148, "names": {"en": name, "de": name}}
+
+
+def _place(code: str, name: str) -> Record:
+    return {"geoname_id": 6252001, "iso_code": code, "is_in_european_union": code == "DE",
+            "names": {"de": f"{name} (de)", "en": name, "ja": name, "zh-CN": name}}
+
+
+def geolite2_country(code: str, name: str) -> Record:
+    return {"continent": _continent(code), "country": _place(code, name),
+            "registered_country": _place(code, name)}
+
+
+def geolite2_city(code: str, name: str) -> Record:
+    return {
+        **geolite2_country(code, name),
+        "city": {"geoname_id": 5375480, "names": {"en": "Mountain View"}},
+        "location": {"accuracy_radius": 1000, "latitude": 37.751, "longitude": -97.822,
+                     "time_zone": "America/Chicago"},
+        "postal": {"code": "94043"},
+        "subdivisions": [{"geoname_id": 5332921, "iso_code": "CA",
+                          "names": {"en": "California"}}],
+    }
+
+
+def dbip_lite(code: str, name: str) -> Record:
+    place = _place(code, name)
+    return {"continent": _continent(code), "country": place}
+
+
+def ipinfo_lite(code: str, name: str, asn: str = "AS15169", as_name: str = "Google LLC") -> Record:
+    short, continent = _CONTINENTS.get(code, ("EU", "Europe"))
+    return {"asn": asn, "as_name": as_name, "as_domain": "google.com", "country_code": code,
+            "country": name, "continent_code": short, "continent": continent}
+
+
+def geolite2_asn(number: int, org: str) -> Record:
+    return {"autonomous_system_number": number, "autonomous_system_organization": org}
+
+
+LAYOUTS: dict[str, tuple[str, Callable[[str, str], Record]]] = {
+    "geolite2-country": ("GeoLite2-Country", geolite2_country),
+    "geolite2-city": ("GeoLite2-City", geolite2_city),
+    "dbip-lite": ("DBIP-Country-Lite", dbip_lite),
+    "ipinfo-lite": ("ipinfo lite.mmdb", ipinfo_lite),
+}
+
+
+def write_mmdb(
+    path: Path,
+    networks: Mapping[str, Record],
+    *,
+    database_type: str = "GeoLite2-Country",
+    ip_version: int = 6,
+) -> Path:
+    """Write `networks` (CIDR -> record) to `path` atomically; IPv4 CIDRs go in ::/96 in v6."""
+    writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6,
+                        database_type=database_type, languages=["en"],
+                        description="geod test database")
+    for cidr, record in networks.items():
+        writer.insert_network(IPSet([cidr]), record)
+    partial = path.with_name(path.name + ".partial")
+    writer.to_db_file(str(partial))
+    os.replace(partial, path)
+    return path
