@@ -1,4 +1,7 @@
-"""Shared pieces of the fault suite: a mixed table, a fake server on fake time, a daemon maker."""
+"""Shared pieces of the fault suite: a mixed table, a config maker, a daemon maker, a lock.
+
+The fake server on fake time is the root conftest's `fake_server`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from geod.config import Config, load_config
 from geod.daemon import Daemon
@@ -43,14 +45,6 @@ def fault_db(make_db: MakeDb) -> Path:
         conn.executemany("INSERT INTO geo_cache VALUES (?, ?, ?, ?, ?, ?)", DECIDED)
     conn.close()
     return db
-
-
-@pytest.fixture
-async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpApi, str]:
-    """The strict fake on the test's fake clock (its windows move with geod's waits)."""
-    fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
-    server: TestServer = await aiohttp_server(fake.app)
-    return fake, str(server.make_url("/batch"))
 
 
 MakeConfig = Callable[..., Config]
