@@ -115,7 +115,7 @@ def test_sigterm_during_a_write(released: bool, tmp_path: Path, make_db: MakeDb)
             started = time.monotonic()
             geod.send(signal.SIGTERM)
             if released:
-                time.sleep(0.2)  # the stop has landed; now the app lets go
+                time.sleep(0.2)  # the stop lands meanwhile (either order must keep the batch)
                 assert holder.stdin is not None
                 holder.stdin.close()
                 holder.wait(5)
