@@ -97,6 +97,7 @@ class Result:
     geod_served: int
     geod_429: int
     geod_banned: bool
+    others_banned: bool  # on ip-api a ban is per address: the whole host, geod included
     others_sent: int
     others_429: int
     capacity: float  # requests the quota allowed geod over the complete windows
@@ -132,6 +133,7 @@ async def scenario(name: str, client: Client, tenants: list[Tenant], *, limit: i
         geod_served=stats.geod_served,
         geod_429=stats.geod_429,
         geod_banned="geod" in fake.banned,
+        others_banned=bool(fake.banned - {"geod"}),
         others_sent=stats.others_sent,
         others_429=stats.others_429,
         capacity=round(capacity, 1),
@@ -211,7 +213,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
             results.append(result)
             print(f"{label:28} {name:16} fraction={result.fraction:.3f} "
                   f"others_429={result.others_429_rate:6.1%} geod_429={result.geod_429:3} "
-                  f"banned={result.geod_banned}", flush=True)
+                  f"banned={result.geod_banned} others_banned={result.others_banned}", flush=True)
     return results
 
 

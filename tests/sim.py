@@ -76,7 +76,7 @@ class WindowStats:
     geod_429: int
     others_sent: int
     others_served: int
-    others_429: int
+    others_429: int  # refused: 429, or 403 once the fake banned them (ip-api would ban the host)
 
     def capacity(self, limit: int, window: float) -> float:
         """Requests the quota allowed over the span, less what the others were served."""
@@ -110,5 +110,5 @@ def window_stats(requests: Sequence[RecordedRequest], window: float,
         geod_429=sum(r.status == 429 for r in geod),
         others_sent=len(others),
         others_served=sum(r.status == 200 for r in others),
-        others_429=sum(r.status == 429 for r in others),
+        others_429=sum(r.status != 200 for r in others),
     )
