@@ -230,9 +230,12 @@ async def _write(
     try:
         written = await asyncio.shield(write)
     except asyncio.CancelledError:
+        store.hurry()  # keep the batch if the app's lock goes soon, but don't hold up the stop
         await asyncio.wait([write])
         if not write.cancelled() and write.exception() is None:
             tally.count_written(source, write.result())
+        elif is_locked(write.exception()):
+            log.warning("database_locked", rows=len(updates), action="dropped_on_stop")
         raise
     except Exception as error:
         if not is_locked(error):

@@ -9,6 +9,7 @@ one short write transaction.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from geod.errors import ConfigError, StoreError
 from geod.provider import Geo
 
 READ_CHUNK = 1000
+LOCK_SLICE_MS = 200  # how long one attempt at the write lock waits inside SQLite
+STOP_GRACE = 2.0  # seconds a stop still waits for the app's lock to write an answered batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,8 @@ class Store:
         self._table = _quote(config.table)
         self._ip = _quote(cols.ip)
         self._country = _quote(cols.country_code)
+        self._busy_pragma = f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}"
+        self._give_up_at = math.inf
 
     @classmethod
     async def open(cls, config: DatabaseConfig, source: str) -> Store:
@@ -142,7 +147,7 @@ class Store:
             (*(_field(update, name, resolved_at) for name in written), update.key)
             for update in updates
         ]
-        await self._conn.execute("BEGIN IMMEDIATE")
+        await self._take_write_lock()
         try:
             # One executemany is one hop to the sqlite thread; rowcount sums every UPDATE's rows.
             async with self._conn.executemany(sql, params) as cur:
@@ -155,6 +160,32 @@ class Store:
                 await self._conn.execute("ROLLBACK")
             raise
         return changed
+
+    def hurry(self, grace: float = STOP_GRACE) -> None:
+        """A stop is under way: wait at most `grace` more seconds for the app's write lock."""
+        self._give_up_at = asyncio.get_running_loop().time() + grace
+
+    async def _take_write_lock(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to busy_timeout for the app's lock, in short slices.
+
+        SQLite's own busy wait cannot be interrupted, so a long busy_timeout would hold a stop
+        hostage; between slices `hurry()` can cut the wait short.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.busy_timeout
+        await self._conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
+        try:
+            while True:
+                try:
+                    await self._conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as error:
+                    now = loop.time()
+                    if not is_locked(error) or now >= min(deadline, self._give_up_at):
+                        raise
+        finally:
+            # COMMIT may still wait for readers to finish: it gets the whole busy_timeout.
+            await self._conn.execute(self._busy_pragma)
 
     async def status(self) -> StatusCounts:
         """Counts for `geod status`; reads in chunks like a pass does."""

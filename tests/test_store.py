@@ -195,3 +195,28 @@ async def test_status_counts(make_db: MakeDb) -> None:
     await store.close()
     assert (counts.rows, counts.unresolved, counts.unresolvable) == (7, 3, 2)
     assert counts.top_countries == [("AU", 2), ("CH", 1)]
+
+
+async def test_hurry_cuts_a_long_lock_wait_short(make_db: MakeDb) -> None:
+    """With busy_timeout 30 s and the app holding its lock, hurry() ends the wait within a slice."""
+    import asyncio
+
+    path = make_db([("8.8.8.8", None)])
+    store = await Store.open(db_config(path, busy_timeout=30), "geod.toml")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    loop = asyncio.get_running_loop()
+    try:
+        write = asyncio.ensure_future(store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z"))
+        await asyncio.sleep(0.3)
+        assert not write.done()  # still waiting on the app, in slices
+        started = loop.time()
+        store.hurry(0.1)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await write
+        assert loop.time() - started < 1.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert await store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z") == 1
+    await store.close()
