@@ -234,7 +234,7 @@ async def _write(
         await asyncio.wait([write])
         if not write.cancelled() and write.exception() is None:
             tally.count_written(source, write.result())
-        elif is_locked(write.exception()):
+        elif (error := write.exception()) is not None and is_locked(error):
             log.warning("database_locked", rows=len(updates), action="dropped_on_stop")
         raise
     except Exception as error:
