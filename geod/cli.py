@@ -49,24 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        return _demo(args.dir)
     try:
-        config = load_config(config_path(getattr(args, "config", None)))
-    except GeodError as error:
-        return _fail(error)
-    stream = sys.stdout if args.command == "run" else sys.stderr
-    logs.configure(config.log.level, config.log.format, stream)
-    try:
-        if args.command == "check-config":
-            check_files(config)
-            print(json.dumps(config.redacted(), indent=2))
-            return EXIT_OK
-        if args.command == "status":
-            return asyncio.run(_status(config, as_json=args.json))
-        if args.command == "once":
-            return asyncio.run(_once(config))
-        return asyncio.run(_run(config))
+        return _command(args)
     except GeodError as error:
         return _fail(error)
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
@@ -74,6 +58,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
         print(f"geod: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "demo":  # brings its own config; --config is ignored
+        logs.configure("warning", "auto", sys.stderr)
+        run_demo(args.dir, sys.stdout)
+        return EXIT_OK
+    config = load_config(config_path(getattr(args, "config", None)))
+    stream = sys.stdout if args.command == "run" else sys.stderr
+    logs.configure(config.log.level, config.log.format, stream)
+    if args.command == "check-config":
+        check_files(config)
+        print(json.dumps(config.redacted(), indent=2))
+        return EXIT_OK
+    if args.command == "status":
+        return asyncio.run(_status(config, as_json=args.json))
+    if args.command == "once":
+        return asyncio.run(_once(config))
+    return asyncio.run(_run(config))
 
 
 async def _run(config: Config) -> int:
@@ -106,19 +109,6 @@ async def _status(config: Config, *, as_json: bool) -> int:
     print(f"unresolvable  {counts.unresolvable}  (private, reserved or invalid: never sent)")
     top = ", ".join(f"{code} {n}" for code, n in counts.top_countries) or "none yet"
     print(f"top countries {top}")
-    return EXIT_OK
-
-
-def _demo(folder: str) -> int:
-    """`geod demo` brings its own config; --config is ignored."""
-    logs.configure("warning", "auto", sys.stderr)
-    try:
-        run_demo(folder, sys.stdout)
-    except GeodError as error:
-        return _fail(error)
-    except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
-        print(f"geod: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from tenacity import (
 
 from geod import __version__
 from geod.config import IpApiConfig
+from geod.countries import plausible_text
 from geod.provider import Geo, Lookup, Outcome
 from geod.ratelimit import RateGovernor
 
@@ -32,7 +33,6 @@ log = structlog.get_logger("geod.ipapi")
 
 FIELDS = "status,message,query,country,countryCode,as,org"
 MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
-MAX_TEXT = 256  # country names and org strings longer than this are not plausible answers
 USER_AGENT = f"geod/{__version__}"
 PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
 _COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
@@ -212,23 +212,14 @@ def _parse_item(item: Any, address: str, source: str) -> Lookup:
     if not isinstance(code, str) or not _COUNTRY_CODE.fullmatch(code):
         return failed("answer has no valid country code")
     try:
-        name = _text(item.get("country"))
-        org = _text(item.get("org"))
-        asn_field = _text(item.get("as"))
+        name = plausible_text(item.get("country"))
+        org = plausible_text(item.get("org"))
+        asn_field = plausible_text(item.get("as"))
     except ValueError as error:
-        return failed(str(error))
+        return failed(f"answer has an {error}")
     match = _ASN.match(asn_field) if asn_field else None
     geo = Geo(code.upper(), name, f"AS{match.group(1)}" if match else None, org)
     return Lookup(address, Outcome.RESOLVED, geo=geo, source=source)
-
-
-def _text(value: Any) -> str | None:
-    """An optional answer string: None when absent or empty; invalid when not plausible text."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
-        raise ValueError("answer has an implausible text field")
-    return value
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:

@@ -20,8 +20,7 @@ import structlog
 
 from geod.config import MmdbConfig
 from geod.countries import country_code, country_name, plausible_text
-from geod.provider import Geo, Lookup, Outcome
-from geod.rir import LOCAL_BATCH
+from geod.provider import LOCAL_BATCH, Geo, Lookup, Outcome
 
 log = structlog.get_logger("geod.mmdb")
 
@@ -31,6 +30,10 @@ _MAX_ASN = 2**32 - 1
 
 class MmdbOpenError(Exception):
     """A database file that cannot be used; `str()` says which file and why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot open {path}: {reason}")
+        self.path = path
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +58,9 @@ def _open_reader(path: str) -> maxminddb.Reader:
     try:
         return maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT)
     except OSError as error:
-        raise MmdbOpenError(f"cannot open {path}: {error.strerror or error}") from None
+        raise MmdbOpenError(path, str(error.strerror or error)) from None
     except (maxminddb.InvalidDatabaseError, ValueError):
-        raise MmdbOpenError(f"cannot open {path}: not a MaxMind DB file") from None
+        raise MmdbOpenError(path, "not a MaxMind DB file") from None
 
 
 class WatchedReader:

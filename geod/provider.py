@@ -42,6 +42,11 @@ class Lookup:
     source: str = ""  # the provider that answered
 
 
+# What local providers (files, embedded tables) take in one call: a whole read chunk. Their
+# look-ups take about a microsecond and never wait, so smaller calls would only add overhead.
+LOCAL_BATCH = 10_000
+
+
 class Provider(Protocol):
     """Anything that resolves addresses: ip-api, or an offline database (`mmdb`, `rir`)."""
 

@@ -91,15 +91,10 @@ def _assemble(config: Config, make_ipapi: MakeIpApi, mmdb: MmdbProvider | None) 
 
 def _open_mmdb(config: Config) -> MmdbProvider:
     try:
-        country = WatchedReader(config.mmdb.path)
+        return MmdbProvider.open(config.mmdb)
     except MmdbOpenError as error:
-        raise ConfigError(config.source, "mmdb.path", str(error)) from None
-    try:
-        asn = WatchedReader(config.mmdb.asn_path) if config.mmdb.asn_path else None
-    except MmdbOpenError as error:
-        country.close()
-        raise ConfigError(config.source, "mmdb.asn_path", str(error)) from None
-    return MmdbProvider(country, asn)
+        key = "mmdb.path" if error.path == config.mmdb.path else "mmdb.asn_path"
+        raise ConfigError(config.source, key, str(error)) from None
 
 
 def _reconfigure(mmdb: MmdbProvider, config: Config) -> None:

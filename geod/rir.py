@@ -14,11 +14,7 @@ from collections.abc import Sequence
 import iptocc
 
 from geod.countries import country_code, country_name
-from geod.provider import Geo, Lookup, Outcome
-
-# A whole read chunk in one call: look-ups take ~0.5 us each and never wait, so batching them
-# smaller would only add passes through the chain loop.
-LOCAL_BATCH = 10_000
+from geod.provider import LOCAL_BATCH, Geo, Lookup, Outcome
 
 
 class RirProvider:

@@ -87,7 +87,6 @@ class Store:
         except sqlite3.Error as error:
             raise StoreError(f"opening database {config.path}: {error}") from None
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}")
             cursor_column = await _prepare_table(conn, config, source)
         except sqlite3.Error as error:
             await conn.close()
