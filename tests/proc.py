@@ -248,6 +248,15 @@ class GeodProcess:
 
     # -- queries --------------------------------------------------------------------------------
 
+    def pass_events(self) -> list[tuple[str, int]]:
+        """(event, pass_id) of every pass start and completion, in order: passes that overlap
+        or repeat show up here."""
+        with self._cond:
+            return [
+                (e["event"], e["pass_id"]) for e in self.events
+                if e["event"] in ("geo_re_resolve_start", "geo_re_resolve_complete")
+            ]  # fmt: skip
+
     def named(self, name: str) -> list[dict[str, Any]]:
         """Every event called `name` logged so far."""
         with self._cond:

@@ -122,46 +122,44 @@ async def test_unresolvable_ends_the_chain(
     assert negcache.blocked("8.8.8.8")  # max_ttl, as for any permanent answer
 
 
+@pytest.fixture
+def write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every write transaction the test's passes make, in order."""
+    sizes: list[int] = []
+    original = Store.write
+
+    async def counting(self: Store, updates: Sequence[Update], resolved_at: str) -> int:
+        sizes.append(len(updates))
+        return await original(self, updates, resolved_at)
+
+    monkeypatch.setattr(Store, "write", counting)
+    return sizes
+
+
 async def test_local_provider_takes_a_chunk_in_one_call_and_one_write(
         make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        write_sizes: list[int]) -> None:
     """2,500 rows: three chunk-sized calls and three write transactions, not one per row."""
     ips = [f"8.{i // 250}.{i % 250}.1" for i in range(2500)]
     path = make_db([(ip, None) for ip in ips])
     local = Scripted("rir", dict.fromkeys(ips, R))
-    writes: list[int] = []
-    original = Store.write
-
-    async def counting(self: Store, updates: Sequence[Update], resolved_at: str) -> int:
-        writes.append(len(updates))
-        return await original(self, updates, resolved_at)
-
-    monkeypatch.setattr(Store, "write", counting)
     summary = await pass_over(path, [local], negcache, fake_clock)
     assert [len(batch) for batch in local.batches] == [1000, 1000, 500]
-    assert writes == [1000, 1000, 500]
+    assert write_sizes == [1000, 1000, 500]
     assert summary.resolved == 2500
 
 
 async def test_ipapi_batches_within_a_chunk_are_written_one_by_one(
         make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        write_sizes: list[int]) -> None:
     """What reaches ip-api still goes in batches of its size, each written as it arrives."""
     ips = [f"8.8.{i}.1" for i in range(250)]
     path = make_db([(ip, None) for ip in ips])
     local = Scripted("mmdb", {ip: R for ip in ips[:40]})
     ipapi = Scripted("ip-api", dict.fromkeys(ips, R), batch_size=100)
-    writes: list[int] = []
-    original = Store.write
-
-    async def counting(self: Store, updates: Sequence[Update], resolved_at: str) -> int:
-        writes.append(len(updates))
-        return await original(self, updates, resolved_at)
-
-    monkeypatch.setattr(Store, "write", counting)
     summary = await pass_over(path, [local, ipapi], negcache, fake_clock)
     assert [len(batch) for batch in ipapi.batches] == [100, 100, 10]
-    assert writes == [40, 100, 100, 10]
+    assert write_sizes == [40, 100, 100, 10]
     assert summary.resolved_by == {"mmdb": 40, "ip-api": 210}
 
 

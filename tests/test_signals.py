@@ -209,11 +209,7 @@ def test_sighup_burst_during_pass_coalesces(tmp_path: Path, make_db: MakeDb) -> 
             time.sleep(0.5)
             geod.send(signal.SIGTERM)
             assert geod.wait(10) == 0
-            passes = [
-                (e["event"], e["pass_id"]) for e in geod.events
-                if e["event"] in ("geo_re_resolve_start", "geo_re_resolve_complete")
-            ]  # fmt: skip
-            assert passes == [
+            assert geod.pass_events() == [
                 ("geo_re_resolve_start", 1), ("geo_re_resolve_complete", 1),
                 ("geo_re_resolve_start", 2), ("geo_re_resolve_complete", 2),
             ]  # fmt: skip

@@ -200,11 +200,7 @@ def test_a_hundred_sighups_in_one_second(tmp_path: Path, make_db: MakeDb) -> Non
             time.sleep(0.5)  # a third pass would start at once: give it the chance to show
             geod.send(signal.SIGTERM)
             assert geod.wait(10) == 0
-            passes = [
-                (e["event"], e["pass_id"]) for e in geod.events
-                if e["event"] in ("geo_re_resolve_start", "geo_re_resolve_complete")
-            ]  # fmt: skip
-            assert passes == [
+            assert geod.pass_events() == [
                 ("geo_re_resolve_start", 1), ("geo_re_resolve_complete", 1),
                 ("geo_re_resolve_start", 2), ("geo_re_resolve_complete", 2),
             ]  # fmt: skip
