@@ -11,15 +11,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from geod import __version__, logs, service
+from geod.addresses import sendable
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.demo import DEFAULT_DIR, run_demo
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
 from geod.providers import check_files
-from geod.store import Store
+from geod.store import Store, open_store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,21 +95,31 @@ async def _once(config: Config) -> int:
 
 
 async def _status(config: Config, *, as_json: bool) -> int:
-    store = await Store.open(config.database, config.source)
+    store = await open_store(config)
     try:
-        counts = await store.status()
+        report = await store.report()
+        unresolvable = await _count_unresolvable(store)
     finally:
         await store.close()
     if as_json:
-        print(json.dumps(asdict(counts)))
+        print(json.dumps({"rows": report.rows, "unresolved": report.due,
+                          "unresolvable": unresolvable, "top_countries": report.top_countries}))
         return EXIT_OK
     print(f"database      {config.database.path} (table {config.database.table})")
-    print(f"rows          {counts.rows}")
-    print(f"unresolved    {counts.unresolved}")
-    print(f"unresolvable  {counts.unresolvable}  (private, reserved or invalid: never sent)")
-    top = ", ".join(f"{code} {n}" for code, n in counts.top_countries) or "none yet"
+    print(f"rows          {report.rows}")
+    print(f"unresolved    {report.due}")
+    print(f"unresolvable  {unresolvable}  (private, reserved or invalid: never sent)")
+    top = ", ".join(f"{code} {n}" for code, n in report.top_countries) or "none yet"
     print(f"top countries {top}")
     return EXIT_OK
+
+
+async def _count_unresolvable(store: Store) -> int:
+    """Due rows geod will never send (private, reserved, invalid), read in chunks like a pass."""
+    count = 0
+    async for chunk in store.due_chunks():
+        count += sum(1 for row in chunk if sendable(row.key) is None)
+    return count
 
 
 def _fail(error: BaseException) -> int:

@@ -24,8 +24,9 @@ from geod.negcache import NegativeCache
 from geod.provider import Provider
 from geod.providers import ProviderSet, open_providers, reload_providers
 from geod.ratelimit import RateGovernor
-from geod.resolve import PassSummary, run_pass
-from geod.store import Store, is_locked
+from geod.records import PassSummary
+from geod.resolve import Pass
+from geod.store import StoreBusy, open_store
 
 log = structlog.get_logger("geod.daemon")
 
@@ -111,7 +112,7 @@ class Daemon:
         Raises:
             ConfigError / StoreError: the database or table is not usable.
         """
-        store = await Store.open(self.config.database, self.config.source)
+        store = await open_store(self.config)
         await store.close()
         self._session = make_session(trace_configs=self._hooks.trace_configs())
         try:
@@ -150,7 +151,7 @@ class Daemon:
             log.info("geo_re_resolve_interrupted", reason="stop")
             return None
         except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
-            if is_locked(error):  # the app held its lock past busy_timeout while we read
+            if isinstance(error, StoreBusy):  # the app held its lock too long while we read
                 log.warning("database_locked", action="retry_next_pass")
             else:
                 log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
@@ -172,10 +173,10 @@ class Daemon:
     async def _pass(self) -> PassSummary:
         if self.providers is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
-        store = await Store.open(self.config.database, self.config.source)
+        store = await open_store(self.config)
         try:
-            return await run_pass(store, self.providers.chain, self.negcache, clock=self._clock,
-                                  progress=self._hooks.pass_progress)
+            return await Pass(store, self.providers.chain, self.negcache, clock=self._clock,
+                              progress=self._hooks.pass_progress).run()
         finally:
             await store.close()
 

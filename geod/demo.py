@@ -16,7 +16,7 @@ from typing import TextIO
 
 from geod.config import Config, load_config
 from geod.daemon import Daemon
-from geod.resolve import PassSummary
+from geod.records import PassSummary
 
 DEFAULT_DIR = "geod-demo"
 

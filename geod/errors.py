@@ -38,6 +38,13 @@ class StoreError(GeodError):
     """The database cannot be opened or used (not a config problem)."""
 
 
+class StoreBusy(StoreError):
+    """Another program held the database's lock too long: skip for now, try again next pass.
+
+    Store-neutral: SQLite's "database is locked" and a server's lock timeout both become this.
+    """
+
+
 def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that ends geod."""
     if isinstance(error, ConfigError):

@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from geod.config import Config
-from geod.provider import Lookup
-from geod.resolve import PassSummary
+from geod.records import Lookup, PassSummary
 
 
 class Hooks:

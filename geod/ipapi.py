@@ -26,8 +26,8 @@ from tenacity import (
 from geod import __version__
 from geod.config import IpApiConfig
 from geod.countries import plausible_text
-from geod.provider import Geo, Lookup, Outcome
 from geod.ratelimit import RateGovernor
+from geod.records import Geo, Lookup, Outcome
 
 log = structlog.get_logger("geod.ipapi")
 

@@ -30,8 +30,7 @@ from prometheus_client.registry import Collector
 from geod import __version__
 from geod.errors import GeodError
 from geod.hooks import Hooks
-from geod.provider import Lookup
-from geod.resolve import PassSummary
+from geod.records import Lookup, PassSummary
 
 # A pass is a second with little to do, minutes when the rate limit paces thousands of rows.
 PASS_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)

@@ -20,7 +20,8 @@ import structlog
 
 from geod.config import MmdbConfig
 from geod.countries import country_code, country_name, plausible_text
-from geod.provider import LOCAL_BATCH, Geo, Lookup, Outcome
+from geod.provider import LOCAL_BATCH
+from geod.records import Geo, Lookup, Outcome
 
 log = structlog.get_logger("geod.mmdb")
 

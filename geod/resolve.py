@@ -1,57 +1,31 @@
-"""One resolution pass: read NULL-country rows, ask the providers in order, write what came back.
+"""One resolution pass: read the due rows, ask the providers in order, write what came back.
 
 No scheduling, no signals: `Daemon` decides when a pass runs and cancels it on stop. Counts are
 per row (two rows that normalise to one address are sent once and both counted and written).
 Each chunk of rows goes through the chain: a provider gets only what the ones before it could not
-answer, and only what every provider missed or failed on backs off in the negative cache.
+answer, and only what every provider missed or failed on backs off in the negative cache. The
+pass knows the `Store` and `Provider` seams only, never a concrete database or service.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 import structlog
 
 from geod.addresses import sendable
 from geod.negcache import NegativeCache
-from geod.provider import Lookup, Outcome, Provider
-from geod.store import Row, Store, Update, is_locked
+from geod.provider import Provider
+from geod.records import Lookup, Outcome, PassSummary, Row, Update, WriteDeadline
+from geod.store import STOP_GRACE, Store, StoreBusy
 
 log = structlog.get_logger("geod.resolve")
 
 # Told at the start of a pass and after each batch: (that batch's look-ups, rows done, rows to do).
 Progress = Callable[[Sequence[Lookup], int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class PassSummary:
-    unresolved: int = 0  # NULL-country rows when the pass began
-    retried: int = 0  # rows whose address was asked this pass
-    resolved: int = 0  # rows written with a country
-    failed: int = 0  # rows whose look-up failed (backing off now)
-    unresolvable: int = 0  # rows that can never be resolved (private, invalid, ...)
-    backed_off: int = 0  # rows skipped because their address is still backing off
-    locked: int = 0  # rows resolved but not written: database locked; retried next pass
-    missed: int = 0  # rows no provider had data for, none failing (backing off now)
-    resolved_by: dict[str, int] = field(default_factory=dict)  # provider name -> rows written
-    duration_s: float = 0.0
-
-    def line(self) -> str:
-        """The one-line summary `geod once` prints."""
-        return (
-            f"unresolved={self.unresolved} retried={self.retried} resolved={self.resolved} "
-            f"failed={self.failed} unresolvable={self.unresolvable} "
-            f"backed_off={self.backed_off} locked={self.locked} missed={self.missed} "
-            f"duration_s={self.duration_s}"
-            + (f" resolved_by={by}" if (by := _pairs(self.resolved_by)) else "")
-        )
-
-
-def _pairs(counts: dict[str, int]) -> str:
-    return ",".join(f"{name}:{count}" for name, count in counts.items())
 
 
 @dataclass(slots=True)
@@ -82,7 +56,10 @@ def utc_now() -> str:
 
 
 @dataclass(slots=True)
-class _Tally:
+class Tally:
+    """The running counts of one pass: its progress while it runs, its summary when it ends."""
+
+    unresolved: int = 0
     retried: int = 0
     resolved: int = 0
     failed: int = 0
@@ -91,159 +68,168 @@ class _Tally:
     locked: int = 0
     missed: int = 0
     resolved_by: dict[str, int] = field(default_factory=dict)
-    done: int = 0  # rows no provider will be asked about again this pass, for `progress`
+    done: int = 0  # rows no provider will be asked about again this pass
 
-    def count_written(self, source: str, rows: int) -> None:
-        self.resolved += rows
-        self.resolved_by[source] = self.resolved_by.get(source, 0) + rows
+    def freeze(self, duration_s: float) -> PassSummary:
+        counts = {f.name: getattr(self, f.name) for f in fields(PassSummary)
+                  if f.name != "duration_s"}
+        return PassSummary(**counts, duration_s=duration_s)
+
+
+class Pass:
+    """One pass over `store` through `chain`: run -> chunk -> ask -> write."""
+
+    def __init__(
+        self,
+        store: Store,
+        chain: Sequence[Provider],
+        negcache: NegativeCache,
+        *,
+        clock: Callable[[], float],
+        now_utc: Callable[[], str] = utc_now,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.chain = tuple(chain)
+        self.negcache = negcache
+        self.tally = Tally()
+        self._clock = clock
+        self._now_utc = now_utc
+        self._progress = progress
+
+    async def run(self) -> PassSummary:
+        """Run the pass. Cancellation (a stop) keeps every batch already written."""
+        started = self._clock()
+        self.negcache.prune()
+        due = await self.store.count_due()
+        if due == 0:
+            log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
+            return PassSummary(duration_s=round(self._clock() - started, 3))
+        log.info("geo_re_resolve_start", unresolved=due,
+                 providers=[provider.name for provider in self.chain])
+        self.tally = Tally(unresolved=due, resolved_by={p.name: 0 for p in self.chain})
+        self._report(())
+        async for rows in self.store.due_chunks():
+            await self._chunk(rows)
+        return self.tally.freeze(duration_s=round(self._clock() - started, 3))
+
+    async def _chunk(self, rows: Sequence[Row]) -> None:
+        """Ask each provider in turn about what is still open in one chunk.
+
+        Local providers take the chunk in one call (one write transaction); ip-api gets batches
+        of its own size, each written as soon as it is answered, so a crash loses one batch.
+        """
+        plan = plan_chunk(rows, self.negcache)
+        tally = self.tally
+        tally.unresolvable += plan.unresolvable
+        tally.backed_off += plan.backed_off
+        tally.done += plan.unresolvable + plan.backed_off
+        tally.retried += sum(len(keys) for keys in plan.to_send.values())
+        keys_by_address = plan.to_send
+        pending = list(keys_by_address)
+        failed: set[str] = set()  # addresses some provider failed on, as opposed to only missed
+        for index, provider in enumerate(self.chain):
+            last = index == len(self.chain) - 1
+            passed_on: list[str] = []
+            for batch in _batches(pending, provider.batch_size):
+                rest = await self._ask(provider, batch, keys_by_address, last=last)
+                passed_on += [lookup.address for lookup in rest]
+                failed |= {lookup.address for lookup in rest if lookup.outcome is Outcome.FAILED}
+            pending = passed_on
+            if not pending:
+                return
+        # Only here, after every provider, does an address back off: a miss in one database is
+        # no reason to keep the next provider from answering it.
+        for address in pending:
+            outcome = Outcome.FAILED if address in failed else Outcome.MISS
+            self._settle(address, outcome, len(keys_by_address[address]))
+
+    async def _ask(
+        self, provider: Provider, batch: list[str], keys_by_address: dict[str, list[str]],
+        *, last: bool,
+    ) -> list[Lookup]:
+        """One provider call: write its answers, return the look-ups to pass on (MISS, FAILED)."""
+        lookups = await provider.resolve(batch)
+        updates: list[Update] = []
+        passed_on: list[Lookup] = []
+        for lookup in lookups:
+            keys = keys_by_address.get(lookup.address)
+            if keys is None:
+                continue  # not asked: a provider bug, never written
+            if lookup.outcome is Outcome.RESOLVED and lookup.geo is not None:
+                self._settle(lookup.address, Outcome.RESOLVED, len(keys))
+                updates.extend(Update(key, lookup.geo, provider.name) for key in keys)
+            elif lookup.outcome is Outcome.UNRESOLVABLE:  # ends the chain: asking others is moot
+                self._settle(lookup.address, Outcome.UNRESOLVABLE, len(keys))
+            else:
+                passed_on.append(lookup)
+        if updates:
+            await self._write(updates, provider.name)
+        still_open = set() if last else {lookup.address for lookup in passed_on}
+        self.tally.done += sum(len(keys_by_address[a]) for a in batch if a not in still_open)
+        self._report(lookups)
+        return passed_on
+
+    def _settle(self, address: str, outcome: Outcome, rows: int) -> None:
+        """The negative-cache rule, in one place, for an address whose chain has ended.
+
+        Resolved rows are counted when written (`_write`), the others here.
+        """
+        if outcome is Outcome.RESOLVED:
+            self.negcache.forget(address)
+        elif outcome is Outcome.UNRESOLVABLE:
+            self.negcache.record_permanent(address)
+            self.tally.unresolvable += rows
+        else:
+            self.negcache.record_failure(address)
+            if outcome is Outcome.FAILED:
+                self.tally.failed += rows
+            else:
+                self.tally.missed += rows
+
+    async def _write(self, updates: list[Update], source: str) -> None:
+        # The write of results already received must survive a stop: shield it, and if the pass
+        # is cancelled meanwhile, let the write finish before the cancellation goes on.
+        deadline = WriteDeadline()
+        write = asyncio.ensure_future(self.store.write(updates, self._now_utc(), deadline))
+        try:
+            written = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # Keep the batch if the app's lock goes soon, but don't hold up the stop.
+            deadline.at = min(deadline.at, asyncio.get_running_loop().time() + STOP_GRACE)
+            await asyncio.wait([write])
+            if not write.cancelled() and write.exception() is None:
+                self._count_written(source, write.result())
+            elif isinstance(write.exception(), StoreBusy):
+                log.warning("database_locked", rows=len(updates), action="dropped_on_stop")
+            raise
+        except StoreBusy:
+            self.tally.locked += len(updates)
+            log.warning("database_locked", rows=len(updates), action="retry_next_pass")
+        else:
+            self._count_written(source, written)
+
+    def _count_written(self, source: str, rows: int) -> None:
+        self.tally.resolved += rows
+        self.tally.resolved_by[source] = self.tally.resolved_by.get(source, 0) + rows
+
+    def _report(self, lookups: Sequence[Lookup]) -> None:
+        if self._progress is not None:
+            self._progress(lookups, self.tally.done, self.tally.unresolved)
 
 
 async def run_pass(
     store: Store,
-    providers: Provider | Sequence[Provider],
+    chain: Sequence[Provider],
     negcache: NegativeCache,
     *,
     clock: Callable[[], float],
     now_utc: Callable[[], str] = utc_now,
     progress: Progress | None = None,
 ) -> PassSummary:
-    """Run one pass over the store. Cancellation (a stop) keeps every batch already written.
-
-    `providers` is the chain in order (or a single provider).
-    """
-    chain = tuple(providers) if isinstance(providers, Sequence) else (providers,)
-    started = clock()
-    negcache.prune()
-    unresolved = await store.count_unresolved()
-    if unresolved == 0:
-        log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
-        return PassSummary(duration_s=round(clock() - started, 3))
-    log.info("geo_re_resolve_start", unresolved=unresolved,
-             providers=[provider.name for provider in chain])
-    tally = _Tally(resolved_by={provider.name: 0 for provider in chain})
-
-    def report(lookups: Sequence[Lookup]) -> None:
-        if progress is not None:
-            progress(lookups, tally.done, unresolved)
-
-    report(())
-    async for rows in store.unresolved_chunks():
-        plan = plan_chunk(rows, negcache)
-        tally.unresolvable += plan.unresolvable
-        tally.backed_off += plan.backed_off
-        tally.done += plan.unresolvable + plan.backed_off
-        tally.retried += sum(len(keys) for keys in plan.to_send.values())
-        await _run_chain(chain, plan.to_send, store, negcache, tally, now_utc, report)
-    summary = PassSummary(
-        unresolved=unresolved,
-        retried=tally.retried,
-        resolved=tally.resolved,
-        failed=tally.failed,
-        unresolvable=tally.unresolvable,
-        backed_off=tally.backed_off,
-        locked=tally.locked,
-        missed=tally.missed,
-        resolved_by=tally.resolved_by,
-        duration_s=round(clock() - started, 3),
-    )
-    return summary
-
-
-async def _run_chain(
-    chain: Sequence[Provider],
-    keys_by_address: dict[str, list[str]],
-    store: Store,
-    negcache: NegativeCache,
-    tally: _Tally,
-    now_utc: Callable[[], str],
-    report: Callable[[Sequence[Lookup]], None],
-) -> None:
-    """Ask each provider in turn about what is still open in one chunk, writing as answers come.
-
-    Local providers take the chunk in one call (one write transaction); ip-api gets batches of
-    its own size, each written as soon as it is answered, so a crash loses at most one batch.
-    """
-    pending = list(keys_by_address)
-    failed: set[str] = set()  # addresses some provider failed on, as opposed to only missed
-    for index, provider in enumerate(chain):
-        last = index == len(chain) - 1
-        passed_on: list[str] = []
-        for batch in _batches(pending, provider.batch_size):
-            lookups = await provider.resolve(batch)
-            rest = await _apply(lookups, provider.name, keys_by_address, store, negcache, tally,
-                                now_utc())
-            for lookup in rest:
-                passed_on.append(lookup.address)
-                if lookup.outcome is Outcome.FAILED:
-                    failed.add(lookup.address)
-            still_open = set() if last else {lookup.address for lookup in rest}
-            tally.done += sum(len(keys_by_address[a]) for a in batch if a not in still_open)
-            report(lookups)
-        pending = passed_on
-        if not pending:
-            return
-    # Only here, after every provider, does an address back off: a miss in one database is no
-    # reason to keep the next provider from answering it.
-    for address in pending:
-        negcache.record_failure(address)
-        if address in failed:
-            tally.failed += len(keys_by_address[address])
-        else:
-            tally.missed += len(keys_by_address[address])
-
-
-async def _apply(
-    lookups: Sequence[Lookup],
-    source: str,
-    keys_by_address: dict[str, list[str]],
-    store: Store,
-    negcache: NegativeCache,
-    tally: _Tally,
-    resolved_at: str,
-) -> list[Lookup]:
-    """Write the answers of one provider call; return the lookups to pass on (MISS, FAILED)."""
-    updates: list[Update] = []
-    passed_on: list[Lookup] = []
-    for lookup in lookups:
-        keys = keys_by_address.get(lookup.address)
-        if keys is None:
-            continue  # not asked: a provider bug, never written
-        if lookup.outcome is Outcome.RESOLVED and lookup.geo is not None:
-            negcache.forget(lookup.address)
-            updates.extend(Update(key, lookup.geo, source) for key in keys)
-        elif lookup.outcome is Outcome.UNRESOLVABLE:  # ends the chain: asking others is moot
-            negcache.record_permanent(lookup.address)
-            tally.unresolvable += len(keys)
-        else:
-            passed_on.append(lookup)
-    if updates:
-        await _write(updates, source, store, tally, resolved_at)
-    return passed_on
-
-
-async def _write(
-    updates: list[Update], source: str, store: Store, tally: _Tally, resolved_at: str
-) -> None:
-    # The write of results already received must survive a stop: shield it, and if the pass is
-    # cancelled meanwhile, let the write finish before the cancellation goes on.
-    write = asyncio.ensure_future(store.write(updates, resolved_at))
-    try:
-        written = await asyncio.shield(write)
-    except asyncio.CancelledError:
-        store.hurry()  # keep the batch if the app's lock goes soon, but don't hold up the stop
-        await asyncio.wait([write])
-        if not write.cancelled() and write.exception() is None:
-            tally.count_written(source, write.result())
-        elif (error := write.exception()) is not None and is_locked(error):
-            log.warning("database_locked", rows=len(updates), action="dropped_on_stop")
-        raise
-    except Exception as error:
-        if not is_locked(error):
-            raise
-        tally.locked += len(updates)
-        log.warning("database_locked", rows=len(updates), action="retry_next_pass")
-    else:
-        tally.count_written(source, written)
+    """One `Pass` over `store` through `chain`, run to its end."""
+    return await Pass(store, chain, negcache, clock=clock, now_utc=now_utc,
+                      progress=progress).run()
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:

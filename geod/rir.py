@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import iptocc
 
 from geod.countries import country_code, country_name
-from geod.provider import LOCAL_BATCH, Geo, Lookup, Outcome
+from geod.provider import LOCAL_BATCH
+from geod.records import Geo, Lookup, Outcome
 
 
 class RirProvider:

@@ -21,8 +21,7 @@ from geod.hooks import Fanout, Hooks, OnReloaded
 from geod.hostport import split_host_port
 from geod.metrics import Metrics, MetricsServer
 from geod.notify import Notifier, watchdog_interval, watchdog_loop
-from geod.provider import Lookup
-from geod.resolve import PassSummary
+from geod.records import Lookup, PassSummary
 
 log = structlog.get_logger("geod.service")
 

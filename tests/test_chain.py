@@ -9,9 +9,9 @@ import pytest
 
 from geod.config import ColumnsConfig, DatabaseConfig
 from geod.negcache import NegativeCache
-from geod.provider import Geo, Lookup, Outcome
-from geod.resolve import PassSummary, run_pass
-from geod.store import Store, Update
+from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline
+from geod.resolve import run_pass
+from geod.sqlite_store import SqliteStore
 from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows
 
 SOURCE_SCHEMA = (
@@ -53,7 +53,7 @@ def negcache(fake_clock: FakeClock) -> NegativeCache:
 async def pass_over(path: Path, chain: Sequence[Scripted], negcache: NegativeCache,
                     clock: FakeClock, columns: ColumnsConfig | None = None) -> PassSummary:
     config = DatabaseConfig(path=str(path), columns=columns or ColumnsConfig())
-    store = await Store.open(config, "geod.toml")
+    store = await SqliteStore.open(config, "geod.toml")
     try:
         return await run_pass(store, chain, negcache, clock=clock, now_utc=lambda: "T")
     finally:
@@ -126,13 +126,14 @@ async def test_unresolvable_ends_the_chain(
 def write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every write transaction the test's passes make, in order."""
     sizes: list[int] = []
-    original = Store.write
+    original = SqliteStore.write
 
-    async def counting(self: Store, updates: Sequence[Update], resolved_at: str) -> int:
+    async def counting(self: SqliteStore, updates: Sequence[Update], resolved_at: str,
+                       deadline: WriteDeadline | None = None) -> int:
         sizes.append(len(updates))
-        return await original(self, updates, resolved_at)
+        return await original(self, updates, resolved_at, deadline)
 
-    monkeypatch.setattr(Store, "write", counting)
+    monkeypatch.setattr(SqliteStore, "write", counting)
     return sizes
 
 
@@ -183,7 +184,7 @@ async def test_progress_reports_every_providers_lookups_and_counts_rows_once(
         reports.append(([(lk.source, lk.outcome.value) for lk in lookups], done, total))
 
     chain = [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {"1.1.1.1": R})]
-    store = await Store.open(DatabaseConfig(path=str(path)), "geod.toml")
+    store = await SqliteStore.open(DatabaseConfig(path=str(path)), "geod.toml")
     try:
         await run_pass(store, chain, negcache, clock=fake_clock, progress=progress)
     finally:

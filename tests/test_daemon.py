@@ -12,7 +12,7 @@ from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
 from geod.hooks import OnPassDone
-from geod.resolve import PassSummary
+from geod.records import PassSummary
 from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
 

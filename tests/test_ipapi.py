@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from geod import __version__
 from geod.config import IpApiConfig
 from geod.ipapi import FIELDS, IpApiClient, IpApiError, is_retryable, make_session, parse_batch
-from geod.provider import Outcome
 from geod.ratelimit import RateGovernor
+from geod.records import Outcome
 from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi, Fault
 

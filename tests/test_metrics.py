@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from geod import __version__
 from geod.cli import main
 from geod.metrics import Metrics, MetricsServer
-from geod.provider import Lookup, Outcome
-from geod.resolve import PassSummary
+from geod.records import Lookup, Outcome, PassSummary
 from tests.conftest import write_config
 from tests.proc import GeodProcess, start_fake_ipapi, write_geod_config
 from tests.sd_helpers import free_port

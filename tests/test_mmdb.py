@@ -10,7 +10,7 @@ import pytest
 
 from geod.config import MmdbConfig
 from geod.mmdb import MmdbOpenError, MmdbProvider, WatchedReader, parse_asn, parse_country
-from geod.provider import Geo, Outcome
+from geod.records import Geo, Outcome
 from tests.conftest import Logs, events
 from tests.mmdb_files import (
     LAYOUTS,

@@ -11,9 +11,9 @@ import pytest
 
 from geod.config import DatabaseConfig
 from geod.negcache import NegativeCache
-from geod.provider import Geo, Lookup, Outcome
+from geod.records import Geo, Lookup, Outcome
 from geod.resolve import run_pass
-from geod.store import Store
+from geod.sqlite_store import SqliteStore
 from tests.conftest import FakeClock, MakeDb, events, read_rows
 
 STAMP = "2026-11-28T10:00:00Z"
@@ -52,9 +52,9 @@ class FakeProvider:
 
 async def pass_over(path: Path, provider: FakeProvider, negcache: NegativeCache,
                     clock: FakeClock) -> Any:
-    store = await Store.open(DatabaseConfig(path=str(path)), "geod.toml")
+    store = await SqliteStore.open(DatabaseConfig(path=str(path)), "geod.toml")
     try:
-        return await run_pass(store, provider, negcache, clock=clock, now_utc=lambda: STAMP)
+        return await run_pass(store, [provider], negcache, clock=clock, now_utc=lambda: STAMP)
     finally:
         await store.close()
 
@@ -174,9 +174,9 @@ async def test_locked_database_skips_the_batch_for_next_pass(
             holder.execute("BEGIN IMMEDIATE")
             return await super().resolve(addresses)
 
-    store = await Store.open(DatabaseConfig(path=str(path), busy_timeout=0.05), "geod.toml")
+    store = await SqliteStore.open(DatabaseConfig(path=str(path), busy_timeout=0.05), "geod.toml")
     try:
-        summary = await run_pass(store, LockDuringLookup(), negcache, clock=fake_clock)
+        summary = await run_pass(store, [LockDuringLookup()], negcache, clock=fake_clock)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

@@ -6,7 +6,7 @@ import iptocc
 import pytest
 
 from geod.countries import country_code, country_name, plausible_text
-from geod.provider import Outcome
+from geod.records import Outcome
 from geod.rir import RirProvider, _lookup
 
 

@@ -14,8 +14,7 @@ from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.hooks import Fanout, Hooks, OnPassDone
 from geod.notify import Notifier
-from geod.provider import Lookup
-from geod.resolve import PassSummary
+from geod.records import Lookup, PassSummary
 from geod.service import SystemdHooks, next_line, pass_line, progress_line, wait_line
 from tests.conftest import FakeClock, MakeDb, events, write_config
 from tests.fake_ipapi import FakeIpApi

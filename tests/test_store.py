@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from geod.config import ColumnsConfig, DatabaseConfig
-from geod.errors import ConfigError, StoreError
-from geod.provider import Geo
-from geod.store import Store, Update
+from geod.errors import ConfigError, StoreBusy, StoreError
+from geod.records import Geo, Update, WriteDeadline
+from geod.sqlite_store import SqliteStore
 from tests.conftest import MakeDb, read_rows
 
 GEO = Geo("US", "United States", "AS15169", "Google LLC")
@@ -24,7 +24,7 @@ def db_config(path: Path, **changes: object) -> DatabaseConfig:
 async def test_creates_default_schema_when_missing(tmp_path: Path) -> None:
     """With create = true a missing file and table are created with the default schema."""
     path = tmp_path / "new.db"
-    store = await Store.open(db_config(path), "geod.toml")
+    store = await SqliteStore.open(db_config(path), "geod.toml")
     await store.close()
     conn = sqlite3.connect(path)
     cols = [row[1] for row in conn.execute("PRAGMA table_info(geo_cache)")]
@@ -36,7 +36,7 @@ async def test_missing_table_without_create_is_a_config_error(make_db: MakeDb) -
     """create = false and no table: a ConfigError naming [database] table."""
     path = make_db(schema="CREATE TABLE other (x, y)", insert="INSERT INTO other VALUES (?, ?)")
     with pytest.raises(ConfigError) as info:
-        await Store.open(db_config(path, create=False), "geod.toml")
+        await SqliteStore.open(db_config(path, create=False), "geod.toml")
     expected = "geod.toml: [database] table: table 'geo_cache' does not exist"
     assert str(info.value).startswith(expected)
 
@@ -45,7 +45,7 @@ async def test_missing_file_without_create_is_not_created(tmp_path: Path) -> Non
     """create = false never creates a database file; the error is a StoreError."""
     path = tmp_path / "absent.db"
     with pytest.raises(StoreError, match="opening database"):
-        await Store.open(db_config(path, create=False), "geod.toml")
+        await SqliteStore.open(db_config(path, create=False), "geod.toml")
     assert not path.exists()
 
 
@@ -53,7 +53,7 @@ async def test_missing_mapped_column_is_a_config_error(make_db: MakeDb) -> None:
     """A mapped column the table lacks is named in the error."""
     path = make_db(schema="CREATE TABLE geo_cache (ip TEXT, country_code TEXT)")
     with pytest.raises(ConfigError, match=r"\[database.columns\] country_name: column"):
-        await Store.open(db_config(path), "geod.toml")
+        await SqliteStore.open(db_config(path), "geod.toml")
 
 
 async def test_unmapped_columns_are_neither_required_nor_written(make_db: MakeDb) -> None:
@@ -63,7 +63,7 @@ async def test_unmapped_columns_are_neither_required_nor_written(make_db: MakeDb
         schema="CREATE TABLE geo_cache (ip TEXT, country_code TEXT, seen TEXT)",
     )
     columns = ColumnsConfig(country_name="", asn="", org="", updated_at="")
-    store = await Store.open(db_config(path, columns=columns), "geod.toml")
+    store = await SqliteStore.open(db_config(path, columns=columns), "geod.toml")
     assert await store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z") == 1
     await store.close()
     assert read_rows(path)["8.8.8.8"] == {"ip": "8.8.8.8", "country_code": "US", "seen": None}
@@ -78,8 +78,8 @@ async def test_app_column_names_are_mapped(make_db: MakeDb) -> None:
     )
     columns = ColumnsConfig(ip="addr", country_code="cc", country_name="select", asn="asnum",
                             org="o", updated_at="t")
-    store = await Store.open(db_config(path, table="hosts", columns=columns), "geod.toml")
-    chunks = [chunk async for chunk in store.unresolved_chunks()]
+    store = await SqliteStore.open(db_config(path, table="hosts", columns=columns), "geod.toml")
+    chunks = [chunk async for chunk in store.due_chunks()]
     assert [row.key for row in chunks[0]] == ["1.1.1.1"]
     await store.write([Update("1.1.1.1", GEO)], "2026-11-28T10:00:00Z")
     await store.close()
@@ -93,8 +93,8 @@ async def test_chunks_are_bounded_and_cover_every_null_row(make_db: MakeDb) -> N
     """Reads come in chunks of at most `size`, skip resolved rows and see each NULL row once."""
     rows = [(f"8.8.{i // 256}.{i % 256}", None if i % 3 else "DE") for i in range(2500)]
     path = make_db(rows)
-    store = await Store.open(db_config(path), "geod.toml")
-    chunks = [chunk async for chunk in store.unresolved_chunks(size=700)]
+    store = await SqliteStore.open(db_config(path), "geod.toml")
+    chunks = [chunk async for chunk in store.due_chunks(size=700)]
     await store.close()
     keys = [row.key for chunk in chunks for row in chunk]
     assert max(len(chunk) for chunk in chunks) <= 700
@@ -108,8 +108,8 @@ async def test_chunks_page_without_rowid(make_db: MakeDb) -> None:
         schema="CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, "
         "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT) WITHOUT ROWID",
     )
-    store = await Store.open(db_config(path), "geod.toml")
-    chunks = [chunk async for chunk in store.unresolved_chunks(size=3)]
+    store = await SqliteStore.open(db_config(path), "geod.toml")
+    chunks = [chunk async for chunk in store.due_chunks(size=3)]
     keys = [row.key for chunk in chunks for row in chunk]
     await store.close()
     assert sorted(keys) == sorted(f"9.9.9.{i}" for i in range(10))
@@ -118,8 +118,8 @@ async def test_chunks_page_without_rowid(make_db: MakeDb) -> None:
 async def test_no_read_lock_is_held_between_chunks(make_db: MakeDb) -> None:
     """Between two chunks another connection can write and commit at once (no open read)."""
     path = make_db([(f"8.8.4.{i}", None) for i in range(10)])
-    store = await Store.open(db_config(path), "geod.toml")
-    chunks = store.unresolved_chunks(size=5)
+    store = await SqliteStore.open(db_config(path), "geod.toml")
+    chunks = store.due_chunks(size=5)
     first = await anext(chunks)
     other = sqlite3.connect(path, timeout=0)
     other.execute("UPDATE geo_cache SET country_code = 'FR' WHERE ip = '8.8.4.9'")
@@ -134,7 +134,7 @@ async def test_no_read_lock_is_held_between_chunks(make_db: MakeDb) -> None:
 async def test_write_never_overwrites_what_the_app_wrote(make_db: MakeDb) -> None:
     """Only rows still NULL at write time change; '' and codes the app set are kept."""
     path = make_db([("8.8.8.8", None), ("1.1.1.1", ""), ("9.9.9.9", "CH")])
-    store = await Store.open(db_config(path), "geod.toml")
+    store = await SqliteStore.open(db_config(path), "geod.toml")
     updates = [Update(ip, GEO) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9")]
     assert await store.write(updates, "2026-11-28T10:00:00Z") == 1
     await store.close()
@@ -148,7 +148,7 @@ async def test_write_never_overwrites_what_the_app_wrote(make_db: MakeDb) -> Non
 async def test_write_is_keyed_on_the_stored_string(make_db: MakeDb) -> None:
     """A row stored with whitespace or as IPv4-mapped IPv6 is written under its own key."""
     path = make_db([(" 8.8.8.8", None), ("::ffff:8.8.8.8", None)])
-    store = await Store.open(db_config(path), "geod.toml")
+    store = await SqliteStore.open(db_config(path), "geod.toml")
     written = await store.write(
         [Update(" 8.8.8.8", GEO), Update("::ffff:8.8.8.8", GEO)], "2026-11-28T10:00:00Z")
     await store.close()
@@ -157,13 +157,13 @@ async def test_write_is_keyed_on_the_stored_string(make_db: MakeDb) -> None:
 
 
 async def test_locked_database_raises_after_busy_timeout(make_db: MakeDb) -> None:
-    """While another connection holds the write lock, a write fails with 'database is locked'."""
+    """While another connection holds the write lock, a write fails with StoreBusy ('locked')."""
     path = make_db([("8.8.8.8", None)])
-    store = await Store.open(db_config(path, busy_timeout=0.05), "geod.toml")
+    store = await SqliteStore.open(db_config(path, busy_timeout=0.05), "geod.toml")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(StoreBusy, match="database is locked"):
             await store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z")
     finally:
         holder.execute("ROLLBACK")
@@ -178,7 +178,7 @@ async def test_journal_mode_is_left_alone(make_db: MakeDb) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.close()
-    store = await Store.open(db_config(path), "geod.toml")
+    store = await SqliteStore.open(db_config(path), "geod.toml")
     await store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z")
     await store.close()
     conn = sqlite3.connect(path)
@@ -186,33 +186,36 @@ async def test_journal_mode_is_left_alone(make_db: MakeDb) -> None:
     conn.close()
 
 
-async def test_status_counts(make_db: MakeDb) -> None:
-    """status() counts rows, NULL rows, never-sendable NULL rows and the top countries."""
+async def test_report_counts(make_db: MakeDb) -> None:
+    """report() counts rows, due (NULL) rows and the top countries."""
     path = make_db([("8.8.8.8", None), ("10.0.0.1", None), ("junk", None), ("1.1.1.1", "AU"),
                     ("1.0.0.1", "AU"), ("9.9.9.9", "CH"), ("4.4.4.4", "")])
-    store = await Store.open(db_config(path), "geod.toml")
-    counts = await store.status()
+    store = await SqliteStore.open(db_config(path), "geod.toml")
+    counts = await store.report()
     await store.close()
-    assert (counts.rows, counts.unresolved, counts.unresolvable) == (7, 3, 2)
+    assert (counts.rows, counts.due) == (7, 3)
     assert counts.top_countries == [("AU", 2), ("CH", 1)]
 
 
-async def test_hurry_cuts_a_long_lock_wait_short(make_db: MakeDb) -> None:
-    """With busy_timeout 30 s and the app holding its lock, hurry() ends the wait within a slice."""
+async def test_deadline_cuts_a_long_lock_wait_short(make_db: MakeDb) -> None:
+    """With busy_timeout 30 s and the app holding its lock, moving the write's deadline up ends
+    the wait within a slice."""
     import asyncio
 
     path = make_db([("8.8.8.8", None)])
-    store = await Store.open(db_config(path, busy_timeout=30), "geod.toml")
+    store = await SqliteStore.open(db_config(path, busy_timeout=30), "geod.toml")
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     loop = asyncio.get_running_loop()
     try:
-        write = asyncio.ensure_future(store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z"))
+        deadline = WriteDeadline()
+        write = asyncio.ensure_future(
+            store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z", deadline))
         await asyncio.sleep(0.3)
         assert not write.done()  # still waiting on the app, in slices
         started = loop.time()
-        store.hurry(0.1)
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        deadline.at = loop.time() + 0.1
+        with pytest.raises(StoreBusy, match="locked"):
             await write
         assert loop.time() - started < 1.0
     finally:

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from geod.config import IpApiConfig
 from geod.ipapi import IpApiClient, make_session
-from geod.provider import Outcome
 from geod.ratelimit import RateGovernor
+from geod.records import Outcome
 from tests.conftest import FakeClock
 from tests.fake_ipapi import FakeIpApi, Fault
 from tests.faults.conftest import PUBLIC, MakeConfig, daemon
