@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,9 +22,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from geod import __version__
+from geod import __version__, validate
 from geod.config import IpApiConfig
-from geod.countries import plausible_text
 from geod.ratelimit import RateGovernor
 from geod.records import Geo, Lookup, Outcome
 
@@ -35,8 +33,6 @@ FIELDS = "status,message,query,country,countryCode,as,org"
 MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
 USER_AGENT = f"geod/{__version__}"
 PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
-_COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
-_ASN = re.compile(r"AS(\d{1,10})(?:\s|$)")
 
 
 class IpApiError(Exception):
@@ -208,18 +204,26 @@ def _parse_item(item: Any, address: str, source: str) -> Lookup:
         return failed("fail: " + (message[:60] if isinstance(message, str) else "no message"))
     if status != "success":
         return failed("answer has no valid status")
-    code = item.get("countryCode")
-    if not isinstance(code, str) or not _COUNTRY_CODE.fullmatch(code):
+    code = validate.country_code(item.get("countryCode"))
+    if code is None:
         return failed("answer has no valid country code")
     try:
-        name = plausible_text(item.get("country"))
-        org = plausible_text(item.get("org"))
-        asn_field = plausible_text(item.get("as"))
+        name = validate.plausible_text(item.get("country"))
+        org = validate.plausible_text(item.get("org"))
+        asn = _asn(validate.plausible_text(item.get("as")))
     except ValueError as error:
         return failed(f"answer has an {error}")
-    match = _ASN.match(asn_field) if asn_field else None
-    geo = Geo(code.upper(), name, f"AS{match.group(1)}" if match else None, org)
-    return Lookup(address, Outcome.RESOLVED, geo=geo, source=source)
+    return Lookup(address, Outcome.RESOLVED, geo=Geo(code, name, asn, org), source=source)
+
+
+def _asn(as_field: str | None) -> str | None:
+    """The number in ip-api's `as` ("AS15169 Google LLC"); None when it names none.
+
+    Raises:
+        ValueError: it starts with "AS" but the number is invalid (never written).
+    """
+    token = as_field.split(maxsplit=1)[0] if as_field and as_field.strip() else ""
+    return validate.asn(token) if token[:2].upper() == "AS" else None
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:

@@ -9,7 +9,6 @@ mapping stays valid until then) and on SIGHUP; a file that will not open keeps t
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,15 +17,14 @@ from typing import Any
 import maxminddb
 import structlog
 
+from geod import validate
 from geod.config import MmdbConfig
-from geod.countries import country_code, country_name, plausible_text
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
+from geod.validate import country_code, country_name, plausible_text
 
 log = structlog.get_logger("geod.mmdb")
 
-_ASN_TEXT = re.compile(r"AS(\d{1,10})", re.IGNORECASE)
-_MAX_ASN = 2**32 - 1
 
 
 class MmdbOpenError(Exception):
@@ -208,14 +206,7 @@ def _code(value: Any) -> str:
 
 def _asn(value: Any) -> str | None:
     """'AS15169' from 15169 or 'AS15169'; None when absent. Raises ValueError when invalid."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and (match := _ASN_TEXT.fullmatch(value)):
-        number = int(match.group(1))
-    else:
-        raise ValueError("record has an invalid AS number")
-    if not 0 < number <= _MAX_ASN:
-        raise ValueError("record has an invalid AS number")
-    return f"AS{number}"
+    try:
+        return validate.asn(value)
+    except ValueError:
+        raise ValueError("record has an invalid AS number") from None

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import iptocc
 
-from geod.countries import country_code, country_name
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
+from geod.validate import country_code, country_name
 
 
 class RirProvider:

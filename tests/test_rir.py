@@ -5,9 +5,9 @@ from __future__ import annotations
 import iptocc
 import pytest
 
-from geod.countries import country_code, country_name, plausible_text
 from geod.records import Outcome
 from geod.rir import RirProvider, _lookup
+from geod.validate import country_code, country_name, plausible_text
 
 
 @pytest.mark.parametrize(
