@@ -29,7 +29,8 @@ import structlog
 from aiohttp import web
 
 from geod.config import IpApiConfig
-from geod.ipapi import IpApiClient, make_session
+from geod.ipapi import IpApiProvider
+from geod.provider import make_session
 from geod.ratelimit import RateGovernor
 from tests.fake_ipapi import FakeIpApi
 from tests.sim import SimClock, Tenant, window_stats
@@ -48,7 +49,7 @@ def geod_client(share: bool) -> Client:
                   horizon: float) -> None:
         config = IpApiConfig(url=url, share="auto" if share else "off")
         governor = RateGovernor(config.reserve, clock, clock.sleep, share=share)
-        client = IpApiClient(config, session, governor, sleep=clock.sleep)
+        client = IpApiProvider(config, session, governor, sleep=clock.sleep)
         ips = backlog()
         for start in range(0, len(ips), BATCH):
             if clock.now >= horizon:

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 from geod import __version__, logs, service
 from geod.addresses import sendable
+from geod.chain import check_files
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.demo import DEFAULT_DIR, run_demo
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
-from geod.providers import check_files
 from geod.store import Store, open_store
 
 

@@ -16,13 +16,12 @@ from dataclasses import asdict
 import aiohttp
 import structlog
 
+from geod.chain import Chain
 from geod.config import Config, load_config
 from geod.errors import ConfigError
 from geod.hooks import Hooks
-from geod.ipapi import IpApiClient, make_session
 from geod.negcache import NegativeCache
-from geod.provider import Provider
-from geod.providers import ProviderSet, open_providers, reload_providers
+from geod.provider import Resources, make_session
 from geod.ratelimit import RateGovernor
 from geod.records import PassSummary
 from geod.resolve import Pass
@@ -44,7 +43,6 @@ class Daemon:
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
         handle_signals: bool = True,
-        provider: Provider | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self.config = config
@@ -54,7 +52,6 @@ class Daemon:
         self._clock: Clock = clock or asyncio.get_running_loop().time
         self._sleep = sleep
         self._handle_signals = handle_signals
-        self._fixed_provider = provider
         self._hooks = hooks or Hooks()  # sd_notify and metrics in `geod run`; no-ops elsewhere
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
@@ -66,7 +63,8 @@ class Daemon:
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
                                      share=config.ipapi.share == "auto",
                                      on_wait=self._hooks.rate_limit_wait)
-        self.providers: ProviderSet | None = None  # the chain, opened in startup()
+        self.chain: Chain | None = None  # opened in startup()
+        self._resources: Resources | None = None
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -115,8 +113,9 @@ class Daemon:
         store = await open_store(self.config)
         await store.close()
         self._session = make_session(trace_configs=self._hooks.trace_configs())
+        self._resources = Resources(self._session, self.governor, self._clock, self._sleep)
         try:
-            self.providers = self._open_providers()  # ConfigError: an mmdb file will not open
+            self.chain = Chain.open(self.config, self._resources)  # ConfigError: bad file
         except BaseException:
             await self._session.close()
             raise
@@ -128,8 +127,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._hooks.stopping()
-        if self.providers is not None:
-            self.providers.close()
+        if self.chain is not None:
+            self.chain.close()
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -171,11 +170,11 @@ class Daemon:
             structlog.contextvars.unbind_contextvars("pass_id")
 
     async def _pass(self) -> PassSummary:
-        if self.providers is None:
+        if self.chain is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await open_store(self.config)
         try:
-            return await Pass(store, self.providers.chain, self.negcache, clock=self._clock,
+            return await Pass(store, self.chain.providers, self.negcache, clock=self._clock,
                               progress=self._hooks.pass_progress).run()
         finally:
             await store.close()
@@ -197,23 +196,11 @@ class Daemon:
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
             log.info("config_reloaded", path=new.source)
-        if self._fixed_provider is None and self.providers is not None:
+        if self.chain is not None and self._resources is not None:
             # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
-            self.providers = reload_providers(self.providers, self.config, self._make_ipapi)
+            self.chain = self.chain.reload(self.config, self._resources)
         log.info("negative_cache_cleared", entries=self.negcache.clear())
         self._hooks.reloaded(self.config)
-
-    def _open_providers(self) -> ProviderSet:
-        """The configured chain (or the one injected provider). Raises: ConfigError."""
-        if self._fixed_provider is not None:
-            return ProviderSet([self._fixed_provider])
-        return open_providers(self.config, self._make_ipapi)
-
-    def _make_ipapi(self) -> Provider:
-        """The ip-api client for the current config, on the one session and governor."""
-        if self._session is None:
-            raise RuntimeError("Daemon.startup() must create the session first")
-        return IpApiClient(self.config.ipapi, self._session, self.governor, sleep=self._sleep)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""

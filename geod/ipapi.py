@@ -22,8 +22,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from geod import __version__, validate
-from geod.config import IpApiConfig
+from geod import validate
+from geod.config import Config, IpApiConfig
+from geod.provider import Resources
 from geod.ratelimit import RateGovernor
 from geod.records import Geo, Lookup, Outcome
 
@@ -31,7 +32,6 @@ log = structlog.get_logger("geod.ipapi")
 
 FIELDS = "status,message,query,country,countryCode,as,org"
 MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
-USER_AGENT = f"geod/{__version__}"
 PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
 
 
@@ -78,7 +78,7 @@ class _wait_for_server:
         return float(self._fallback(state))
 
 
-class IpApiClient:
+class IpApiProvider:
     """The ip-api provider: one request at a time, paced by the shared `RateGovernor`."""
 
     name = "ip-api"
@@ -99,6 +99,11 @@ class IpApiClient:
         self._lock = asyncio.Lock()
         self.requests = 0
         self.rate_limited = 0
+
+    @classmethod
+    def from_config(cls, config: Config, resources: Resources) -> IpApiProvider:
+        """The provider `[ipapi]` describes, on the shared session and rate governor."""
+        return cls(config.ipapi, resources.session, resources.governor, sleep=resources.sleep)
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """Resolve one batch; a batch whose attempts are used up comes back as FAILED lookups."""
@@ -249,13 +254,3 @@ def _describe(error: BaseException | None) -> str:
     if isinstance(error, aiohttp.ClientConnectorError):
         return f"cannot connect: {error.os_error.strerror or type(error.os_error).__name__}"
     return type(error).__name__ if error else "unknown error"
-
-
-def make_session(
-    headers: dict[str, str] | None = None,
-    trace_configs: list[aiohttp.TraceConfig] | None = None,
-) -> aiohttp.ClientSession:
-    """The one HTTP session geod keeps across passes (`trace_configs`: metrics watch it)."""
-    return aiohttp.ClientSession(
-        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs
-    )

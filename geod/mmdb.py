@@ -18,7 +18,8 @@ import maxminddb
 import structlog
 
 from geod import validate
-from geod.config import MmdbConfig
+from geod.config import Config, MmdbConfig
+from geod.errors import ConfigError
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
 from geod.validate import country_code, country_name, plausible_text
@@ -129,6 +130,32 @@ class MmdbProvider:
             raise
         return cls(country, asn)
 
+    @classmethod
+    def from_config(cls, config: Config, resources: object = None) -> MmdbProvider:
+        """The provider `[mmdb]` describes. Raises: ConfigError naming the file's key."""
+        try:
+            return cls.open(config.mmdb)
+        except MmdbOpenError as error:
+            key = "mmdb.path" if error.path == config.mmdb.path else "mmdb.asn_path"
+            raise ConfigError(config.source, key, str(error)) from None
+
+    def reopen(self, config: Config) -> None:
+        """SIGHUP: re-open the files at the reloaded paths; each is swapped only if it opens."""
+        self.country = _reopen(self.country, config.mmdb.path)
+        asn_path = config.mmdb.asn_path
+        if not asn_path:
+            if self.asn is not None:
+                self.asn.close()
+            self.asn = None
+        elif self.asn is None:
+            try:
+                self.asn = WatchedReader(asn_path)
+            except MmdbOpenError as error:
+                log.error("mmdb_reload_failed", path=asn_path, reason=str(error),
+                          action="without_asn")
+        else:
+            self.asn = _reopen(self.asn, asn_path)
+
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """One Lookup per address: RESOLVED, or MISS when the file has no usable record."""
         # One stat() per call notices a replaced file within a chunk; look-ups are ~1 us each
@@ -155,6 +182,25 @@ class MmdbProvider:
             if asn is not None:
                 geo = Geo(geo.country_code, geo.country_name, asn, org)
         return Lookup(address, Outcome.RESOLVED, geo=geo, source=self.name)
+
+
+def check_mmdb(config: Config) -> None:
+    """Open and close the configured files (`geod check-config`). Raises: ConfigError."""
+    MmdbProvider.from_config(config).close()
+
+
+def _reopen(reader: WatchedReader, path: str) -> WatchedReader:
+    """SIGHUP: re-open the same path in place, or switch to a new one if it opens."""
+    if path == reader.path:
+        reader.refresh(force=True)
+        return reader
+    try:
+        fresh = WatchedReader(path)
+    except MmdbOpenError as error:
+        log.error("mmdb_reload_failed", path=path, reason=str(error), action="kept_old_reader")
+        return reader
+    reader.close()
+    return fresh
 
 
 def parse_country(record: Any) -> Geo | None:

@@ -8,10 +8,17 @@ and FAILED pass an address on to the next provider, RESOLVED and UNRESOLVABLE en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import aiohttp
+
+from geod import __version__
+from geod.ratelimit import RateGovernor
 from geod.records import Lookup
+
+USER_AGENT = f"geod/{__version__}"
 
 # What local providers (files, embedded tables) take in one call: a whole read chunk. Their
 # look-ups take about a microsecond and never wait, so smaller calls would only add overhead.
@@ -27,3 +34,23 @@ class Provider(Protocol):
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """One Lookup per address, in the same order."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What providers share, built once by the daemon and kept across reloads."""
+
+    session: aiohttp.ClientSession  # the one HTTP session
+    governor: RateGovernor  # one per process: the rate-limit window outlives a reload
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+
+def make_session(
+    headers: dict[str, str] | None = None,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+) -> aiohttp.ClientSession:
+    """The one HTTP session geod keeps across passes, for every web provider."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs
+    )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import iptocc
 
+from geod.config import Config
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
 from geod.validate import country_code, country_name
@@ -23,6 +24,11 @@ class RirProvider:
 
     name = "rir"
     batch_size = LOCAL_BATCH
+
+    @classmethod
+    def from_config(cls, config: Config, resources: object = None) -> RirProvider:
+        """No settings and no files: iptocc's data is in its wheel."""
+        return cls()
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """One Lookup per address: RESOLVED, or MISS when no country holds the block."""

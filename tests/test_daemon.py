@@ -128,9 +128,9 @@ async def test_reload_applies_new_config_and_clears_negative_cache(
 
     daemon = await reload_after_first_pass(config, fake_clock, before_reload)
     assert daemon.config.ipapi.batch_size == 7
-    assert daemon.providers is not None
-    ipapi = daemon.providers.get("ip-api")
-    assert ipapi is not None and ipapi.batch_size == 7
+    assert daemon.chain is not None
+    [ipapi] = [p for p in daemon.chain.providers if p.name == "ip-api"]
+    assert ipapi.batch_size == 7
     assert events(logs, "negative_cache_cleared")[0]["entries"] == 1
     assert len(daemon.negcache) == 0
 

@@ -1,4 +1,4 @@
-"""IpApiClient against the fake ip-api server: requests, validation, pacing, retries."""
+"""IpApiProvider against the fake ip-api server: requests, validation, pacing, retries."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from geod import __version__
 from geod.config import IpApiConfig
-from geod.ipapi import FIELDS, IpApiClient, IpApiError, is_retryable, make_session, parse_batch
+from geod.ipapi import FIELDS, IpApiError, IpApiProvider, is_retryable, parse_batch
+from geod.provider import make_session
 from geod.ratelimit import RateGovernor
 from geod.records import Outcome
 from tests.conftest import FakeClock, Logs, events
@@ -29,7 +30,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-ServerFactory = Callable[..., Coroutine[Any, Any, tuple[FakeIpApi, IpApiClient]]]
+ServerFactory = Callable[..., Coroutine[Any, Any, tuple[FakeIpApi, IpApiProvider]]]
 
 
 @pytest.fixture
@@ -39,14 +40,14 @@ def fake_ipapi(
     """fake_ipapi(limit=, window=, **client config) -> (server state, client wired to it)."""
 
     async def start(limit: int = 15, window: float = 60.0, max_items: int = 100,
-                    ban_after: int = 30, **settings: Any) -> tuple[FakeIpApi, IpApiClient]:
+                    ban_after: int = 30, **settings: Any) -> tuple[FakeIpApi, IpApiProvider]:
         fake = FakeIpApi(limit=limit, window=window, clock=fake_clock, max_items=max_items,
                          ban_after=ban_after)
         server: TestServer = await aiohttp_server(fake.app)
         config = IpApiConfig(url=str(server.make_url("/batch")), **settings)
         governor = RateGovernor(config.reserve, fake_clock, fake_clock.sleep,
                                 share=config.share == "auto")
-        return fake, IpApiClient(config, session, governor, sleep=fake_clock.sleep)
+        return fake, IpApiProvider(config, session, governor, sleep=fake_clock.sleep)
 
     return start
 
@@ -215,7 +216,7 @@ async def test_connection_refused_fails_the_batch(session: aiohttp.ClientSession
                                                   fake_clock: FakeClock, logs: Logs) -> None:
     """Nobody listening: retried, then FAILED with a reason that has no URL in it."""
     config = IpApiConfig(url="http://127.0.0.1:9/batch", key="s3cret", max_attempts=2)
-    client = IpApiClient(config, session, RateGovernor(0, fake_clock, fake_clock.sleep),
+    client = IpApiProvider(config, session, RateGovernor(0, fake_clock, fake_clock.sleep),
                          sleep=fake_clock.sleep)
     [lookup] = await client.resolve([PUBLIC[0]])
     assert lookup.outcome is Outcome.FAILED

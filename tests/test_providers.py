@@ -172,8 +172,8 @@ async def test_reload_that_adds_a_missing_file_goes_on_without_it(
     assert read_rows(db)["1.0.16.1"]["source"] == "rir"
     [failed] = events(logs, "mmdb_reload_failed")
     assert failed["action"] == "left_out_of_chain" and "gone.mmdb" in failed["path"]
-    assert daemon.providers is not None
-    assert [provider.name for provider in daemon.providers.chain] == ["rir"]
+    assert daemon.chain is not None
+    assert [provider.name for provider in daemon.chain.providers] == ["rir"]
 
 
 async def test_startup_with_a_missing_file_is_a_config_error(
@@ -233,3 +233,11 @@ def test_unreadable_file_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["once", "--config", str(path)]) == 78
     assert "[mmdb] path: cannot open" in (err := capsys.readouterr().err)
     assert "Permission denied" in err
+
+
+def test_every_configurable_provider_has_a_factory() -> None:
+    """config.PROVIDERS (what a config may name) and chain.FACTORIES (what can be built) agree."""
+    from geod.chain import FACTORIES
+    from geod.config import PROVIDERS
+
+    assert sorted(FACTORIES) == sorted(PROVIDERS)

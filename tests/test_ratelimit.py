@@ -9,7 +9,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from geod.config import IpApiConfig
-from geod.ipapi import IpApiClient, make_session
+from geod.ipapi import IpApiProvider
+from geod.provider import make_session
 from geod.ratelimit import RESET_MARGIN, RateGovernor, overflow_bound, tail_bound
 from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi
@@ -271,7 +272,7 @@ async def run_shared(tenants: list[Tenant], windows: int, share: str = "auto",
     governor = RateGovernor(0, clock, clock.sleep, share=share == "auto")
     try:
         async with make_session() as session:
-            client = IpApiClient(config, session, governor, sleep=clock.sleep)
+            client = IpApiProvider(config, session, governor, sleep=clock.sleep)
             n = 0
             while clock.now < windows * 60:
                 n += 1

@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from geod.config import IpApiConfig
-from geod.ipapi import IpApiClient, make_session
+from geod.ipapi import IpApiProvider
+from geod.provider import make_session
 from geod.ratelimit import RateGovernor
 from geod.records import Outcome
 from tests.conftest import FakeClock
@@ -177,7 +178,7 @@ async def test_hostile_body_fails_the_batch_never_the_pass(body: str, aiohttp_se
     server: TestServer = await aiohttp_server(app)
     config = IpApiConfig(url=str(server.make_url("/batch")), max_attempts=2)
     async with make_session() as session:
-        client = IpApiClient(config, session, RateGovernor(0, fake_clock, fake_clock.sleep),
+        client = IpApiProvider(config, session, RateGovernor(0, fake_clock, fake_clock.sleep),
                              sleep=fake_clock.sleep)
         lookups = await client.resolve(["8.8.8.8", "1.1.1.1"])
     assert [(lookup.address, lookup.outcome) for lookup in lookups] == [
