@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from geod import __version__, logs, service
+from geod import __version__, logs, systemd
 from geod.addresses import sendable
 from geod.chain import check_files
 from geod.config import Config, config_path, load_config
@@ -83,7 +83,7 @@ async def _run(config: Config) -> int:
     def relog(new: Config) -> None:
         logs.configure(new.log.level, new.log.format, sys.stdout)
 
-    await service.run(config, on_reload=relog)  # the daemon plus sd_notify and metrics
+    await systemd.run(config, on_reload=relog)  # the daemon plus sd_notify and metrics
     return EXIT_OK
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 
 import aiohttp
@@ -19,12 +20,12 @@ import structlog
 from geod.chain import Chain
 from geod.config import Config, load_config
 from geod.errors import ConfigError
-from geod.hooks import Hooks
 from geod.negcache import NegativeCache
 from geod.provider import Resources, make_session
 from geod.ratelimit import RateGovernor
-from geod.records import PassSummary
+from geod.records import Lookup, PassSummary
 from geod.resolve import Pass
+from geod.status import Phase, Status
 from geod.store import StoreBusy, open_store
 
 log = structlog.get_logger("geod.daemon")
@@ -43,7 +44,8 @@ class Daemon:
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
         handle_signals: bool = True,
-        hooks: Hooks | None = None,
+        on_change: Callable[[Status], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.stop_requested = asyncio.Event()
@@ -52,7 +54,9 @@ class Daemon:
         self._clock: Clock = clock or asyncio.get_running_loop().time
         self._sleep = sleep
         self._handle_signals = handle_signals
-        self._hooks = hooks or Hooks()  # sd_notify and metrics in `geod run`; no-ops elsewhere
+        self.status = Status(config)
+        self._on_change = on_change  # sd_notify in `geod run`; nothing elsewhere
+        self._wall_clock = wall_clock
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -62,7 +66,7 @@ class Daemon:
         # One governor for the life of the process: the rate-limit window outlives a reload.
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
                                      share=config.ipapi.share == "auto",
-                                     on_wait=self._hooks.rate_limit_wait)
+                                     on_wait=self._rate_limit_wait)
         self.chain: Chain | None = None  # opened in startup()
         self._resources: Resources | None = None
 
@@ -83,7 +87,7 @@ class Daemon:
     async def run(self) -> None:
         """`geod run`: start, loop until stopped, stop. Returns normally on SIGTERM/SIGINT."""
         await self.startup()
-        self._hooks.started(self.config)
+        self._enter(Phase.READY)
         try:
             log.info("geo_re_resolve_scheduled", interval_seconds=self.config.daemon.interval,
                      initial_delay_seconds=self.config.daemon.initial_delay)
@@ -112,8 +116,9 @@ class Daemon:
         """
         store = await open_store(self.config)
         await store.close()
-        self._session = make_session(trace_configs=self._hooks.trace_configs())
-        self._resources = Resources(self._session, self.governor, self._clock, self._sleep)
+        self._session = make_session()
+        self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
+                                    self.status.api_responses)
         try:
             self.chain = Chain.open(self.config, self._resources)  # ConfigError: bad file
         except BaseException:
@@ -126,7 +131,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
 
     async def shutdown(self) -> None:
-        self._hooks.stopping()
+        self._enter(Phase.STOPPING)
         if self.chain is not None:
             self.chain.close()
         if self._handle_signals:
@@ -141,6 +146,7 @@ class Daemon:
     async def run_pass(self) -> PassSummary | None:
         """Run one pass as a task a stop can cancel. Errors are logged, never raised."""
         structlog.contextvars.bind_contextvars(pass_id=next(self._pass_ids))
+        self.status.enter(Phase.PASSING)  # told once the pass has counted its rows
         self._pass_task = asyncio.create_task(self._pass())
         try:
             summary = await self._pass_task
@@ -155,7 +161,7 @@ class Daemon:
             else:
                 log.error("geo_re_resolve_error", error=str(error) or type(error).__name__,
                           error_type=type(error).__name__)
-            self._hooks.pass_done(None, error=str(error) or type(error).__name__)
+            self._pass_ended(None, str(error) or type(error).__name__)
             return None
         else:
             self.passes += 1
@@ -163,7 +169,7 @@ class Daemon:
                 fields = asdict(summary)
                 del fields["unresolved"]
                 log.info("geo_re_resolve_complete", **fields)
-            self._hooks.pass_done(summary)
+            self._pass_ended(summary, "")
             return summary
         finally:
             self._pass_task = None
@@ -175,7 +181,7 @@ class Daemon:
         store = await open_store(self.config)
         try:
             return await Pass(store, self.chain.providers, self.negcache, clock=self._clock,
-                              progress=self._hooks.pass_progress).run()
+                              progress=self._progress).run()
         finally:
             await store.close()
 
@@ -184,13 +190,15 @@ class Daemon:
     def _reload(self) -> None:
         """Re-read the config (keep the old one if the new is bad); always clear the cache."""
         self.reload_requested.clear()
-        self._hooks.reloading()
+        self._enter(Phase.RELOADING)
         try:
             new = load_config(self.config.source)
         except ConfigError as error:
             log.error("config_reload_failed", reason=str(error))
         else:
-            self.config = new
+            if new.metrics.listen != self.config.metrics.listen:
+                log.warning("restart_required", key="metrics.listen", reason="bound at start")
+            self.config = self.status.config = new
             self.governor.reserve = new.ipapi.reserve
             self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
@@ -200,12 +208,36 @@ class Daemon:
             # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
             self.chain = self.chain.reload(self.config, self._resources)
         log.info("negative_cache_cleared", entries=self.negcache.clear())
-        self._hooks.reloaded(self.config)
+        self._enter(Phase.READY)
+
+    def snapshot(self) -> Status:
+        """The status with the values read from their owners now (a Prometheus scrape)."""
+        self.status.negative_cache_entries = len(self.negcache)
+        self.status.rate_limit_waited_s = self.governor.waited_s
+        return self.status
+
+    def _enter(self, phase: Phase) -> None:
+        self.status.enter(phase)
+        if self._on_change is not None:
+            self._on_change(self.status)
+
+    def _progress(self, lookups: Sequence[Lookup], done: int, total: int) -> None:
+        self.status.progress(lookups, done, total)
+        self._enter(Phase.PASSING)
+
+    def _rate_limit_wait(self, seconds: float) -> None:
+        self.status.wait_s = seconds
+        self._enter(Phase.RATE_LIMITED)
+
+    def _pass_ended(self, summary: PassSummary | None, error: str) -> None:
+        self.status.pass_ended(summary, error, self._wall_clock())
+        self._enter(Phase.PASSED)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if a stop or reload arrives. Clears the wake-up."""
         if seconds > 0 and not self._wake.is_set():
-            self._hooks.waiting(seconds)
+            self.status.wait_s = seconds
+            self._enter(Phase.IDLE)
             sleeper = asyncio.ensure_future(self._sleep(seconds))
             woken = asyncio.ensure_future(self._wake.wait())
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -89,7 +90,9 @@ class IpApiProvider:
         session: aiohttp.ClientSession,
         governor: RateGovernor,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        responses: Counter[str] | None = None,
     ) -> None:
+        """`responses` counts each request by HTTP status ("error": no answer), for metrics."""
         self.batch_size = config.batch_size
         self._config = config
         self._session = session
@@ -97,13 +100,13 @@ class IpApiProvider:
         self._sleep = sleep
         # Against a count limit, parallel requests buy nothing and make X-Rl bookkeeping racy.
         self._lock = asyncio.Lock()
-        self.requests = 0
-        self.rate_limited = 0
+        self.responses = responses if responses is not None else Counter()
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> IpApiProvider:
         """The provider `[ipapi]` describes, on the shared session and rate governor."""
-        return cls(config.ipapi, resources.session, resources.governor, sleep=resources.sleep)
+        return cls(config.ipapi, resources.session, resources.governor, sleep=resources.sleep,
+                   responses=resources.responses)
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """Resolve one batch; a batch whose attempts are used up comes back as FAILED lookups."""
@@ -139,16 +142,19 @@ class IpApiProvider:
         if self._config.key:
             params["key"] = self._config.key
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
-        self.requests += 1
-        async with self._session.post(
-            self._config.url, json=list(addresses), params=params, timeout=timeout
-        ) as response:
+        try:
+            response = await self._session.post(
+                self._config.url, json=list(addresses), params=params, timeout=timeout)
+        except (TimeoutError, aiohttp.ClientError):
+            self.responses["error"] += 1
+            raise
+        self.responses[str(response.status)] += 1
+        async with response:
             remaining, ttl = _header_int(response, "X-Rl"), _header_int(response, "X-Ttl")
             # A 429 or a 5xx did not use quota; any X-Rl drop around it was someone else's.
             served = response.status < 500 and response.status != 429
             self._governor.observe(remaining, ttl, served=served)
             if response.status == 429:
-                self.rate_limited += 1
                 retry_after = _header_int(response, "Retry-After")
                 if ttl is None and retry_after is not None:
                     self._governor.block_for(retry_after)

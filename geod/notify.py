@@ -2,7 +2,7 @@
 
 Written here rather than imported: the protocol is a few lines, and the PyPI options are either
 unmaintained or need libsystemd. Sends never block and never raise: systemd being away must not
-stop geod. This module only speaks the protocol; what to say and when is `service`'s business.
+stop geod. This module only speaks the protocol; what to say and when is `systemd`'s business.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ class Notifier:
 
     def __init__(self, address: str | bytes | None) -> None:
         self.address = address
-        self.sent = 0
         self._sock: socket.socket | None = None
         self._warned = False
 
@@ -91,7 +90,6 @@ class Notifier:
                 log.warning("sd_notify_failed", error=error.strerror or type(error).__name__,
                             socket=_show(self.address))
             return False
-        self.sent += 1
         return True
 
     def ready(self, status: str = "") -> bool:

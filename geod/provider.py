@@ -8,8 +8,9 @@ and FAILED pass an address on to the next provider, RESOLVED and UNRESOLVABLE en
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -44,6 +45,9 @@ class Resources:
     governor: RateGovernor  # one per process: the rate-limit window outlives a reload
     clock: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
+    # Responses by HTTP status ("error" = none): kept here because providers are rebuilt on
+    # reload while these totals (a Prometheus counter) must only ever grow.
+    responses: Counter[str] = field(default_factory=Counter)
 
 
 def make_session(

@@ -12,6 +12,10 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
+from geod.config import Config
+from geod.daemon import Daemon
+from geod.records import PassSummary
+from geod.status import Phase, Status
 from tests.fake_ipapi import FakeIpApi
 
 DEFAULT_SCHEMA = (
@@ -114,3 +118,19 @@ async def fake_server(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeI
     fake = FakeIpApi(limit=15, window=60, clock=fake_clock)
     server: TestServer = await aiohttp_server(fake.app)
     return fake, str(server.make_url("/batch"))
+
+
+def make_daemon(config: Config, clock: FakeClock,
+                on_pass_done: Callable[[PassSummary], None] | None = None,
+                on_change: Callable[[Status], None] | None = None) -> Daemon:
+    """The real daemon on fake time, without signal handlers (tests call request_* instead).
+
+    `on_pass_done` hears the summary of every pass that ended normally; `on_change` every change.
+    """
+    def changed(status: Status) -> None:
+        if on_change is not None:
+            on_change(status)
+        if on_pass_done is not None and status.phase is Phase.PASSED and status.last is not None:
+            on_pass_done(status.last)
+
+    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, on_change=changed)

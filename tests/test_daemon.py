@@ -11,9 +11,8 @@ import pytest
 from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
-from geod.hooks import OnPassDone
 from geod.records import PassSummary
-from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
+from tests.conftest import FakeClock, Logs, MakeDb, events, make_daemon, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
 
 
@@ -32,12 +31,6 @@ url = "{fake_server[1]}"
     return make
 
 
-def daemon_for(config: Config, clock: FakeClock,
-               on_pass_done: Callable[[PassSummary], None] | None = None) -> Daemon:
-    hooks = OnPassDone(on_pass_done) if on_pass_done is not None else None
-    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, hooks=hooks)
-
-
 async def reload_after_first_pass(config: Config, clock: FakeClock,
                                   before_reload: Callable[[Daemon], None]) -> Daemon:
     """Run a daemon that, after its first pass, calls `before_reload` and asks for a reload;
@@ -49,7 +42,7 @@ async def reload_after_first_pass(config: Config, clock: FakeClock,
         else:
             daemon.request_stop()
 
-    daemon = daemon_for(config, clock, done)
+    daemon = make_daemon(config, clock, done)
     await daemon.run()
     return daemon
 
@@ -66,7 +59,7 @@ async def test_schedule_waits_initial_delay_then_interval(
         if len(summaries) == 3:
             daemon.request_stop()
 
-    daemon = daemon_for(make_config(interval=600, initial_delay=30), fake_clock, done)
+    daemon = make_daemon(make_config(interval=600, initial_delay=30), fake_clock, done)
     await daemon.run()
     assert events(logs, "geo_re_resolve_scheduled")[0]["interval_seconds"] == 600
     assert fake_clock.sleeps == [30, 600, 600]
@@ -93,7 +86,7 @@ async def test_reload_mid_pass_coalesces_into_one_pass(
         if len(passes) == 2:
             daemon.request_stop()
 
-    daemon = daemon_for(make_config(interval=600), fake_clock, done)
+    daemon = make_daemon(make_config(interval=600), fake_clock, done)
 
     async def hold() -> None:
         await started.wait()
@@ -189,7 +182,7 @@ async def test_errors_inside_a_pass_do_not_stop_the_daemon(
         passes += 1
         db.unlink()
 
-    daemon = daemon_for(config, fake_clock, done)
+    daemon = make_daemon(config, fake_clock, done)
     original = daemon.run_pass
 
     async def run_pass_and_stop_after_error() -> PassSummary | None:
@@ -209,7 +202,7 @@ async def test_startup_fails_fast_on_missing_table(
         make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
     """A missing table with create = false is a ConfigError before any pass."""
     make_db(schema="CREATE TABLE other (a, b)", insert="INSERT INTO other VALUES (?, ?)")
-    daemon = daemon_for(make_config('[database]\ncreate = false'), fake_clock)
+    daemon = make_daemon(make_config('[database]\ncreate = false'), fake_clock)
     with pytest.raises(ConfigError, match=r"\[database\] table"):
         await daemon.run()
 
@@ -218,7 +211,7 @@ async def test_run_once_returns_the_summary(
         make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
     """run_once runs exactly one pass and returns its summary."""
     make_db([("8.8.8.8", None), ("10.0.0.1", None)])
-    summary = await daemon_for(make_config(), fake_clock).run_once()
+    summary = await make_daemon(make_config(), fake_clock).run_once()
     assert summary is not None
     assert (summary.resolved, summary.unresolvable) == (1, 1)
 
@@ -230,7 +223,7 @@ async def test_a_database_locked_for_the_read_is_a_warning(
     import sqlite3
 
     db = make_db([("8.8.8.8", None)])
-    daemon = daemon_for(make_config("[database]\nbusy_timeout = 0.05"), fake_clock)
+    daemon = make_daemon(make_config("[database]\nbusy_timeout = 0.05"), fake_clock)
     await daemon.startup()
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # readers are shut out in rollback-journal mode

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the registry fed by hooks, the /metrics endpoint, and a running daemon."""
+"""Prometheus metrics: the collector reading the Status, the /metrics endpoint, a running daemon."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from geod import __version__
 from geod.cli import main
+from geod.config import Config, IpApiConfig
+from geod.ipapi import IpApiProvider
 from geod.metrics import Metrics, MetricsServer
+from geod.provider import make_session
+from geod.ratelimit import RateGovernor
 from geod.records import Lookup, Outcome, PassSummary
-from tests.conftest import write_config
+from geod.status import Status
+from tests.conftest import FakeClock, write_config
 from tests.proc import GeodProcess, start_fake_ipapi, write_geod_config
 from tests.sd_helpers import free_port
 
@@ -41,20 +47,24 @@ def value(parsed: Samples, name: str, **labels: str) -> float:
     return parsed[(name, tuple(sorted(labels.items())))]
 
 
-def test_hooks_move_the_metrics() -> None:
-    """Pass progress, waits and pass ends update the counters, gauges and histogram."""
-    metrics = Metrics(wall_clock=lambda: 1_800_000_000.0)
-    metrics.watch_negative_cache(lambda: 7)
-    metrics.pass_progress((), 0, 120)
+def test_metrics_read_the_status() -> None:
+    """Pass progress, waits and pass ends in the Status show as counters, gauges and histogram."""
+    status = Status(Config())
+    metrics = Metrics(lambda: status)
+    status.progress((), 0, 120)
     resolved = Lookup("8.8.8.8", Outcome.RESOLVED, source="ip-api")
     failed = Lookup("1.1.1.1", Outcome.FAILED, source="ip-api")
-    metrics.pass_progress([resolved, resolved, failed], 3, 120)
+    status.progress([resolved, resolved, failed], 3, 120)
     before = samples(metrics.render()[0].decode())
     assert value(before, "geod_unresolved_rows") == 120
     assert value(before, "geod_last_success_timestamp_seconds") == 0
-    metrics.watch_rate_limit_wait(lambda: 23.5)
-    metrics.pass_done(PassSummary(unresolved=120, resolved=118, duration_s=2.5))
-    metrics.pass_done(None, error="opening database x: unable to open database file")
+    assert value(before, "geod_passes_total", result="error") == 0  # present from the start
+    status.negative_cache_entries = 7
+    status.rate_limit_waited_s = 23.5
+    status.api_responses.update(["200", "200", "429", "error"])
+    status.pass_ended(PassSummary(unresolved=120, resolved=118, duration_s=2.5), "",
+                      1_800_000_000.0)
+    status.pass_ended(None, "opening database x: unable to open database file", 1.0)
     after = samples(metrics.render()[0].decode())
     assert value(after, "geod_build_info", version=__version__,
                  python=platform.python_version()) == 1
@@ -62,11 +72,16 @@ def test_hooks_move_the_metrics() -> None:
     assert value(after, "geod_passes_total", result="success") == 1
     assert value(after, "geod_passes_total", result="error") == 1
     assert value(after, "geod_pass_duration_seconds_count") == 1
+    assert value(after, "geod_pass_duration_seconds_sum") == 2.5
     assert value(after, "geod_pass_duration_seconds_bucket", le="5.0") == 1
     assert value(after, "geod_pass_duration_seconds_bucket", le="1.0") == 0
+    assert value(after, "geod_pass_duration_seconds_bucket", le="+Inf") == 1
     assert value(after, "geod_lookups_total", provider="ip-api", result="resolved") == 2
     assert value(after, "geod_lookups_total", provider="ip-api", result="failed") == 1
     assert value(after, "geod_rows_resolved_total") == 118
+    assert value(after, "geod_api_requests_total", status="200") == 2
+    assert value(after, "geod_api_requests_total", status="error") == 1
+    assert value(after, "geod_api_rate_limited_total") == 1
     assert value(after, "geod_rate_limit_wait_seconds_total") == 23.5
     assert value(after, "geod_negative_cache_entries") == 7
     assert value(after, "geod_last_success_timestamp_seconds") == 1_800_000_000
@@ -74,7 +89,7 @@ def test_hooks_move_the_metrics() -> None:
 
 async def test_endpoint_serves_text_and_openmetrics() -> None:
     """/metrics answers in the text format, or OpenMetrics when the scraper asks for it."""
-    metrics = Metrics()
+    metrics = Metrics(lambda: Status(Config()))
     server = MetricsServer(metrics, "127.0.0.1", free_port())
     await server.start()
     try:
@@ -99,29 +114,31 @@ def samples_names(text: str) -> set[str]:
 
 
 async def test_api_requests_are_counted_by_status(aiohttp_server: Any) -> None:
-    """The aiohttp trace counts each request by HTTP status, 429s apart, no answer as error."""
+    """ip-api counts each request by HTTP status, 429s apart, and no answer as error."""
+    statuses = iter([200, 429, 500])
 
-    async def ok(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def busy(request: web.Request) -> web.Response:
-        return web.Response(status=429)
+    async def batch(request: web.Request) -> web.Response:
+        return web.json_response([], status=next(statuses))
 
     app = web.Application()
-    app.router.add_get("/ok", ok)
-    app.router.add_get("/busy", busy)
+    app.router.add_post("/batch", batch)
     server = await aiohttp_server(app)
-    metrics = Metrics()
-    async with aiohttp.ClientSession(trace_configs=metrics.trace_configs()) as session:
-        for path in ("/ok", "/ok", "/busy"):
-            async with session.get(server.make_url(path)):
-                pass
-        with pytest.raises(aiohttp.ClientConnectionError):
-            async with session.get(f"http://127.0.0.1:{free_port()}/"):
-                pass
-    parsed = samples(metrics.render()[0].decode())
-    assert value(parsed, "geod_api_requests_total", status="200") == 2
+    clock = FakeClock()
+    responses: Counter[str] = Counter()
+    governor = RateGovernor(0, clock, clock.sleep)
+    async with make_session() as session:
+        ok = str(server.make_url("/batch"))
+        for url in (ok, ok, ok, f"http://127.0.0.1:{free_port()}/batch"):
+            config = IpApiConfig(url=url, max_attempts=1)
+            provider = IpApiProvider(config, session, governor, sleep=clock.sleep,
+                                     responses=responses)
+            await provider.resolve(["8.8.8.8"])
+    status = Status(Config())
+    status.api_responses.update(responses)
+    parsed = samples(Metrics(lambda: status).render()[0].decode())
+    assert value(parsed, "geod_api_requests_total", status="200") == 1
     assert value(parsed, "geod_api_requests_total", status="429") == 1
+    assert value(parsed, "geod_api_requests_total", status="500") == 1
     assert value(parsed, "geod_api_requests_total", status="error") == 1
     assert value(parsed, "geod_api_rate_limited_total") == 1
 

@@ -12,11 +12,9 @@ import pytest
 
 from geod.cli import main
 from geod.config import Config, load_config
-from geod.daemon import Daemon
 from geod.errors import ConfigError
-from geod.hooks import OnPassDone
 from geod.records import PassSummary
-from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows, write_config
+from tests.conftest import FakeClock, Logs, MakeDb, events, make_daemon, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi
 from tests.mmdb_files import geolite2_country, write_mmdb
 
@@ -54,12 +52,6 @@ SOURCE_SCHEMA = (
 )
 
 
-def daemon_for(config: Config, clock: FakeClock,
-               on_pass_done: Callable[[PassSummary], None] | None = None) -> Daemon:
-    hooks = OnPassDone(on_pass_done) if on_pass_done is not None else None
-    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, hooks=hooks)
-
-
 def add_rows(db: Path, *ips: str) -> None:
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [(ip,) for ip in ips])
@@ -73,7 +65,7 @@ async def test_ipapi_is_asked_only_for_what_the_file_missed(
     db = make_db([(ip, None) for ip in ("8.8.8.8", "2001:200::1", "9.9.9.9", "1.1.1.1")],
                  schema=SOURCE_SCHEMA)
     fake, _ = fake_server
-    summary = await daemon_for(make_config(), fake_clock).run_once()
+    summary = await make_daemon(make_config(), fake_clock).run_once()
     assert fake.sent_ips() == ["9.9.9.9", "1.1.1.1"]
     assert summary is not None and summary.resolved_by == {"mmdb": 2, "ip-api": 2}
     [complete] = events(logs, "geo_re_resolve_complete")
@@ -91,7 +83,7 @@ async def test_offline_providers_never_wait_for_the_rate_governor(
             schema=SOURCE_SCHEMA)
     fake, _ = fake_server
     fake.spend(15, tenant="dashboard")
-    daemon = daemon_for(make_config('["mmdb", "rir", "ip-api"]'), fake_clock)
+    daemon = make_daemon(make_config('["mmdb", "rir", "ip-api"]'), fake_clock)
     daemon.governor.observe(0, 60)  # as if ip-api had just said X-Rl: 0, X-Ttl: 60
     summary = await daemon.run_once()
     assert summary is not None and summary.resolved_by == {"mmdb": 1, "rir": 2, "ip-api": 0}
@@ -114,7 +106,7 @@ async def test_replaced_file_is_used_by_the_running_daemon(
         else:
             daemon.request_stop()
 
-    daemon = daemon_for(make_config('["mmdb"]', "[daemon]\ninterval = 60"), fake_clock, done)
+    daemon = make_daemon(make_config('["mmdb"]', "[daemon]\ninterval = 60"), fake_clock, done)
     await daemon.run()
     rows = read_rows(db)
     assert (rows["8.8.8.8"]["country_code"], rows["8.8.4.4"]["country_code"]) == ("US", "DE")
@@ -140,7 +132,7 @@ async def test_reload_with_a_corrupt_file_keeps_the_old_reader(
         else:
             daemon.request_stop()
 
-    daemon = daemon_for(make_config('["mmdb"]'), fake_clock, done)
+    daemon = make_daemon(make_config('["mmdb"]'), fake_clock, done)
     await daemon.run()
     assert read_rows(db)["8.8.8.9"]["country_code"] == "US"
     [failed] = events(logs, "mmdb_reload_failed")
@@ -167,7 +159,7 @@ async def test_reload_that_adds_a_missing_file_goes_on_without_it(
         else:
             daemon.request_stop()
 
-    daemon = daemon_for(config, fake_clock, done)
+    daemon = make_daemon(config, fake_clock, done)
     await daemon.run()
     assert read_rows(db)["1.0.16.1"]["source"] == "rir"
     [failed] = events(logs, "mmdb_reload_failed")
@@ -184,7 +176,7 @@ async def test_startup_with_a_missing_file_is_a_config_error(
     config = make_config()
     await asyncio.to_thread(mmdb_path.unlink)
     with pytest.raises(ConfigError, match=r"\[mmdb\] path: cannot open .*No such file"):
-        await daemon_for(config, fake_clock).run()
+        await make_daemon(config, fake_clock).run()
 
 
 def _config(tmp_path: Path, mmdb: str, providers: str = '["mmdb", "rir"]') -> Path:

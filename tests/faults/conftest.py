@@ -17,7 +17,7 @@ import pytest
 
 from geod.config import Config, load_config
 from geod.daemon import Daemon
-from tests.conftest import FakeClock, MakeDb, write_config
+from tests.conftest import FakeClock, MakeDb, make_daemon, write_config
 from tests.fake_ipapi import FakeIpApi
 
 # Stored keys: public ones (two of them one address), ones that must never leave the host, and
@@ -74,7 +74,7 @@ url = "{url or fake_server[1]}"
 
 def daemon(config: Config, clock: FakeClock) -> Daemon:
     """The real daemon on fake time, without signal handlers (tests call request_* instead)."""
-    return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False)
+    return make_daemon(config, clock)
 
 
 @contextlib.contextmanager

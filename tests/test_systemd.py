@@ -1,8 +1,8 @@
-"""The daemon's hooks and the STATUS= wording, in process with fake time (no sockets needed)."""
+"""The daemon's Status changes and the STATUS= wording, in process with fake time (no sockets)."""
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,47 +11,33 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from geod.config import Config, load_config
-from geod.daemon import Daemon
-from geod.hooks import Fanout, Hooks, OnPassDone
 from geod.notify import Notifier
-from geod.records import Lookup, PassSummary
-from geod.service import SystemdHooks, next_line, pass_line, progress_line, wait_line
-from tests.conftest import FakeClock, MakeDb, events, write_config
+from geod.records import PassSummary
+from geod.status import Phase, Status
+from geod.systemd import SystemdStatus, next_line, pass_line, progress_line, wait_line
+from tests.conftest import FakeClock, MakeDb, events, make_daemon, write_config
 from tests.fake_ipapi import FakeIpApi
 
 NOON = datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
 
 
-class Recorder(Hooks):
-    """Records each hook call as a short tuple."""
+class Recorder:
+    """Records each change of the daemon's Status as a short tuple."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def started(self, config: Config) -> None:
-        self.calls.append(("started",))
-
-    def reloading(self) -> None:
-        self.calls.append(("reloading",))
-
-    def reloaded(self, config: Config) -> None:
-        self.calls.append(("reloaded",))
-
-    def waiting(self, seconds: float) -> None:
-        self.calls.append(("waiting", seconds))
-
-    def pass_progress(self, lookups: Sequence[Lookup], done: int, total: int) -> None:
-        self.calls.append(("progress", len(lookups), done, total))
-
-    def rate_limit_wait(self, seconds: float) -> None:
-        assert seconds > 0
-        self.calls.append(("rate_limit_wait",))  # how long depends on the governor's pacing
-
-    def pass_done(self, summary: PassSummary | None, error: str = "") -> None:
-        self.calls.append(("pass_done", summary.resolved if summary else error))
-
-    def stopping(self) -> None:
-        self.calls.append(("stopping",))
+    def __call__(self, status: Status) -> None:
+        phase = status.phase
+        if phase is Phase.PASSING:
+            self.calls.append(("progress", status.done, status.total))
+        elif phase is Phase.PASSED:
+            last = status.last
+            self.calls.append(("passed", last.resolved if last else status.last_error))
+        elif phase is Phase.IDLE:
+            self.calls.append(("idle", status.wait_s))
+        else:
+            self.calls.append((phase.value,))
 
 
 @pytest.fixture
@@ -71,37 +57,33 @@ batch_size = 1
 """))
 
 
-async def test_daemon_calls_hooks_through_its_lifecycle(
+async def test_status_changes_through_the_lifecycle(
         make_db: MakeDb, tmp_path: Path, fake_clock: FakeClock,
         batch_url: tuple[FakeIpApi, str]) -> None:
-    """Start, progress per batch, the rate-limit wait, pass end, idle, reload and stop, in order."""
+    """Start, progress per batch, the rate-limit wait, pass end, reload and stop, in order."""
     make_db([("8.8.8.8", None), ("1.1.1.1", None), ("9.9.9.9", None)])
     recorder = Recorder()
-    passes = 0
 
     def done(summary: PassSummary) -> None:
-        nonlocal passes
-        passes += 1
-        (daemon.request_reload if passes == 1 else daemon.request_stop)()
+        (daemon.request_reload if daemon.passes == 1 else daemon.request_stop)()
 
-    daemon = Daemon(_config(tmp_path, batch_url[1]), clock=fake_clock, sleep=fake_clock.sleep,
-                    handle_signals=False, hooks=Fanout(recorder, OnPassDone(done)))
+    daemon = make_daemon(_config(tmp_path, batch_url[1]), fake_clock, done, recorder)
     await daemon.run()
     assert recorder.calls == [
-        ("started",),
-        ("progress", 0, 0, 3), ("progress", 1, 1, 3), ("progress", 1, 2, 3),
-        ("rate_limit_wait",), ("progress", 1, 3, 3),
-        ("pass_done", 3),
-        ("reloading",), ("reloaded",),
-        ("pass_done", 0),
+        ("ready",),
+        ("progress", 0, 3), ("progress", 1, 3), ("progress", 2, 3),
+        ("rate_limited",), ("progress", 3, 3),
+        ("passed", 3),
+        ("reloading",), ("ready",),
+        ("passed", 0),
         ("stopping",),
     ]
 
 
-async def test_hooks_hear_of_a_failed_pass_then_the_idle_wait(
+async def test_a_failed_pass_then_the_idle_wait(
         make_db: MakeDb, tmp_path: Path, fake_clock: FakeClock,
         batch_url: tuple[FakeIpApi, str]) -> None:
-    """A pass that fails reports None and its error; then the wait for the next is announced."""
+    """A pass that fails leaves no summary and its error; then the wait for the next begins."""
     db = make_db([("8.8.8.8", None)])
     config = load_config(write_config(tmp_path / "geod.toml", f"""
 [database]
@@ -109,23 +91,20 @@ create = false
 [ipapi]
 url = "{batch_url[1]}"
 """))
+    recorder = Recorder()
 
-    class Scripted(Recorder):
-        def started(self, config: Config) -> None:
-            super().started(config)
+    def changed(status: Status) -> None:
+        recorder(status)
+        if status.phase is Phase.READY:
             db.unlink()  # the pass that follows cannot open the database
-
-        def waiting(self, seconds: float) -> None:
-            super().waiting(seconds)
+        elif status.phase is Phase.IDLE:
             daemon.request_stop()
 
-    recorder = Scripted()
-    daemon = Daemon(config, clock=fake_clock, sleep=fake_clock.sleep, handle_signals=False,
-                    hooks=recorder)
+    daemon = make_daemon(config, fake_clock, on_change=changed)
     await daemon.run()
-    assert [call[0] for call in recorder.calls] == ["started", "pass_done", "waiting", "stopping"]
+    assert [call[0] for call in recorder.calls] == ["ready", "passed", "idle", "stopping"]
     assert "opening database" in recorder.calls[1][1]
-    assert recorder.calls[2] == ("waiting", 600)
+    assert recorder.calls[2] == ("idle", 600)
 
 
 @pytest.mark.parametrize(("summary", "error", "expected"), [
@@ -153,10 +132,11 @@ def test_idle_progress_and_wait_lines() -> None:
     assert wait_line(0.2, 0, 1).startswith("waiting 1 s ")
 
 
-def test_systemd_hooks_speak_sd_notify(
+def test_status_changes_speak_sd_notify(
         tmp_path: Path, logs: list[MutableMapping[str, Any]]) -> None:
-    """Each hook becomes the right message; a reload that moves metrics.listen warns."""
+    """Each phase becomes the right message; a reload after READY says so and re-logs."""
     sent: list[tuple[str, ...]] = []
+    reloaded: list[Config] = []
 
     class Recording(Notifier):
         def send(self, *fields: str) -> bool:
@@ -164,18 +144,25 @@ def test_systemd_hooks_speak_sd_notify(
                               for f in fields))
             return True
 
-    hooks = SystemdHooks(Recording("/unused"), now=lambda: NOON)
-    config = Config()
-    hooks.started(config)
-    hooks.pass_progress((), 0, 2)
-    hooks.rate_limit_wait(3.1)
-    hooks.pass_done(PassSummary(unresolved=2, resolved=2))
-    hooks.waiting(600)
-    hooks.reloading()
-    moved = load_config(write_config(tmp_path / "moved.toml",
-                                     '[metrics]\nlisten = "127.0.0.1:9999"\n'))
-    hooks.reloaded(moved)
-    hooks.stopping()
+    notify = SystemdStatus(Recording("/unused"), now=lambda: NOON, on_reload=reloaded.append)
+    status = Status(Config())
+
+    def enter(phase: Phase) -> None:
+        status.enter(phase)
+        notify(status)
+
+    enter(Phase.READY)
+    status.progress((), 0, 2)
+    enter(Phase.PASSING)
+    status.wait_s = 3.1
+    enter(Phase.RATE_LIMITED)
+    status.pass_ended(PassSummary(unresolved=2, resolved=2), "", 0.0)
+    enter(Phase.PASSED)
+    status.wait_s = 600
+    enter(Phase.IDLE)
+    enter(Phase.RELOADING)
+    enter(Phase.READY)
+    enter(Phase.STOPPING)
     assert sent == [
         ("READY=1", "STATUS=ready: database geo.db opened"),
         ("STATUS=pass in progress: 0/2 rows",),
@@ -186,5 +173,24 @@ def test_systemd_hooks_speak_sd_notify(
         ("READY=1", "STATUS=config reloaded"),
         ("STOPPING=1", "STATUS=stopping"),
     ]
-    assert events(logs, "restart_required")[0]["key"] == "metrics.listen"
+    assert reloaded == [status.config]
 
+
+async def test_a_reload_that_moves_metrics_listen_warns(
+        make_db: MakeDb, tmp_path: Path, fake_clock: FakeClock,
+        logs: list[MutableMapping[str, Any]], batch_url: tuple[FakeIpApi, str]) -> None:
+    """metrics.listen is bound at start: a reload that changes it says a restart is needed."""
+    make_db([("8.8.8.8", None)])
+    config = _config(tmp_path, batch_url[1])
+
+    def done(summary: PassSummary) -> None:
+        if daemon.passes == 1:
+            Path(config.source).write_text(Path(config.source).read_text()
+                                           + '[metrics]\nlisten = "127.0.0.1:9999"\n')
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = make_daemon(config, fake_clock, done)
+    await daemon.run()
+    assert events(logs, "restart_required")[0]["key"] == "metrics.listen"

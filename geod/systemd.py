@@ -1,4 +1,4 @@
-"""`geod run` as a service: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and metrics.
+"""`geod run` under systemd: sd_notify (READY, STATUS, WATCHDOG, RELOADING, STOPPING) and metrics.
 
 Only `geod run` comes here; `once`, `status` and `check-config` neither notify systemd nor serve
 metrics. The STATUS= lines that `systemctl status` shows are built by pure functions, so their
@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 import structlog
 
 from geod.config import Config
 from geod.daemon import Daemon
-from geod.hooks import Fanout, Hooks, OnReloaded
 from geod.hostport import split_host_port
 from geod.metrics import Metrics, MetricsServer
 from geod.notify import Notifier, watchdog_interval, watchdog_loop
-from geod.records import Lookup, PassSummary
+from geod.records import PassSummary
+from geod.status import Phase, Status
 
-log = structlog.get_logger("geod.service")
+log = structlog.get_logger("geod.systemd")
 
 
 def progress_line(done: int, total: int) -> str:
@@ -55,47 +55,41 @@ def next_line(last: str, seconds: float, now: datetime) -> str:
     return f"{last}; {nxt}" if last else f"first pass {at:%H:%M:%S} (in {round(seconds):,} s)"
 
 
-class SystemdHooks(Hooks):
-    """Turns the daemon's hooks into sd_notify messages and one-line STATUS= texts."""
+class SystemdStatus:
+    """The daemon's one `on_change` observer in `geod run`: sd_notify messages from its Status."""
 
     def __init__(
-        self, notifier: Notifier, now: Callable[[], datetime] = lambda: datetime.now().astimezone()
+        self,
+        notifier: Notifier,
+        now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        on_reload: Callable[[Config], None] | None = None,
     ) -> None:
         self.notifier = notifier
         self._now = now
-        self._config: Config | None = None
+        self._on_reload = on_reload
         self._last = ""
-        self._done = self._total = 0
 
-    def started(self, config: Config) -> None:
-        self._config = config
-        self.notifier.ready(f"ready: database {config.database.path} opened")
-
-    def reloading(self) -> None:
-        self.notifier.reloading("reloading the config")
-
-    def reloaded(self, config: Config) -> None:
-        old, self._config = self._config, config
-        if old is not None and old.metrics.listen != config.metrics.listen:
-            log.warning("restart_required", key="metrics.listen", reason="bound at start")
-        self.notifier.ready("config reloaded")
-
-    def waiting(self, seconds: float) -> None:
-        self.notifier.status(next_line(self._last, seconds, self._now()))
-
-    def pass_progress(self, lookups: Sequence[Lookup], done: int, total: int) -> None:
-        self._done, self._total = done, total
-        self.notifier.status(progress_line(done, total))
-
-    def rate_limit_wait(self, seconds: float) -> None:
-        self.notifier.status(wait_line(seconds, self._done, self._total))
-
-    def pass_done(self, summary: PassSummary | None, error: str = "") -> None:
-        self._last = pass_line(summary, error, self._now())
-        self.notifier.status(self._last)
-
-    def stopping(self) -> None:
-        self.notifier.stopping("stopping")
+    def __call__(self, status: Status) -> None:
+        phase, notifier = status.phase, self.notifier
+        if phase is Phase.READY and status.previous is Phase.RELOADING:
+            notifier.ready("config reloaded")
+            if self._on_reload is not None:
+                self._on_reload(status.config)
+        elif phase is Phase.READY:
+            notifier.ready(f"ready: database {status.config.database.path} opened")
+        elif phase is Phase.PASSING:
+            notifier.status(progress_line(status.done, status.total))
+        elif phase is Phase.RATE_LIMITED:
+            notifier.status(wait_line(status.wait_s, status.done, status.total))
+        elif phase is Phase.PASSED:
+            self._last = pass_line(status.last, status.last_error, self._now())
+            notifier.status(self._last)
+        elif phase is Phase.IDLE:
+            notifier.status(next_line(self._last, status.wait_s, self._now()))
+        elif phase is Phase.RELOADING:
+            notifier.reloading("reloading the config")
+        elif phase is Phase.STOPPING:
+            notifier.stopping("stopping")
 
 
 async def run(
@@ -110,27 +104,19 @@ async def run(
         GeodError: the metrics address cannot be bound, or the daemon cannot start.
     """
     notifier = Notifier.from_environ(environ)
-    hooks: list[Hooks] = [SystemdHooks(notifier)]
-    metrics: Metrics | None = None
     server: MetricsServer | None = None
     watchdog: asyncio.Task[None] | None = None
     try:
+        daemon = Daemon(config, on_change=SystemdStatus(notifier, on_reload=on_reload))
         if config.metrics.listen:
-            metrics = Metrics()
-            candidate = MetricsServer(metrics, *split_host_port(config.metrics.listen))
+            candidate = MetricsServer(Metrics(daemon.snapshot),
+                                      *split_host_port(config.metrics.listen))
             await candidate.start()
             server = candidate
             log.info("metrics_listening", listen=config.metrics.listen)
-            hooks.append(metrics)
         interval = watchdog_interval(environ, os.getpid())
         if interval is not None and notifier.enabled:
             watchdog = asyncio.create_task(watchdog_loop(notifier, interval))
-        if on_reload is not None:
-            hooks.append(OnReloaded(on_reload))
-        daemon = Daemon(config, hooks=Fanout(*hooks))
-        if metrics is not None:
-            metrics.watch_negative_cache(lambda: len(daemon.negcache))
-            metrics.watch_rate_limit_wait(lambda: daemon.governor.waited_s)
         await daemon.run()
     finally:
         if watchdog is not None:
