@@ -39,8 +39,8 @@ class DaemonConfig:
 class ColumnsConfig:
     """Names of the app's columns; "" means geod does not write that field."""
 
-    ip: str = setting("ip", identifier=True, required=True)
-    country_code: str = setting("country_code", identifier=True, required=True)
+    ip: str = setting("ip", identifier=True, nonempty=True)
+    country_code: str = setting("country_code", identifier=True, nonempty=True)
     country_name: str = setting("country_name", identifier=True)
     asn: str = setting("asn", identifier=True)
     org: str = setting("org", identifier=True)
@@ -59,7 +59,7 @@ class ColumnsConfig:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     path: str = setting("geo.db", nonempty=True)
-    table: str = setting("geo_cache", identifier=True, required=True)
+    table: str = setting("geo_cache", identifier=True, nonempty=True)
     create: bool = setting(True)
     busy_timeout: float = setting(30.0, low=0, high=3600)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
@@ -164,7 +164,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] = os.environ) -> Co
 
 
 def _check_relations(config: Config, file: str) -> None:
-    """Rules that span several keys; single values were checked by `_build`."""
+    """Rules that span several keys; single values were checked by `schema.build`."""
     if config.negative_cache.max_ttl < config.negative_cache.ttl:
         raise ConfigError(
             file,

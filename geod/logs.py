@@ -88,5 +88,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
+        # Not cached, against structlog's production advice: the module-level loggers must pick
+        # up the chain `configure` installs again after a SIGHUP (`geod run` re-logs).
         cache_logger_on_first_use=False,
     )

@@ -161,17 +161,6 @@ class RateGovernor:
         """geod's requests per window at the current estimate (for logs and status)."""
         return max(self.limit - self.demand() - self.reserve, 0)
 
-    def keep(self, time_left: float) -> int:
-        """Requests to leave free with `time_left` seconds of the window to go."""
-        demand = self.demand()
-        if demand == 0 or self.window <= 0:
-            return self.reserve
-        to_come = demand * min(max(time_left, 0.0), self.window) / self.window
-        needed = 0
-        while self._absorbs(needed, demand) < to_come:
-            needed += 1
-        return max(self.reserve, needed)
-
     @staticmethod
     def _absorbs(free: int, demand: int) -> float:
         """How many of the others' requests, on average still to come, `free` can absorb."""

@@ -1,6 +1,6 @@
 """Validate a TOML table against a frozen dataclass whose fields carry their own rules.
 
-`setting(default, low=, high=, choices=, identifier=, ...)` declares a field and its rules;
+`setting(default, low=, high=, choices=, identifier=, nonempty=)` declares a field and its rules;
 `build(cls, table, key, file)` checks a parsed table against the class, recursing into
 sub-tables, and raises `ConfigError` naming the file, the dotted key and the bad value.
 Knows nothing of geod's settings: `config` declares them.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, field, fields, is_dataclass
+from dataclasses import field, fields, is_dataclass
 from typing import Any, get_origin, get_type_hints
 
 from geod.errors import ConfigError
@@ -21,8 +21,27 @@ from geod.errors import ConfigError
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-def setting(default: Any, **rules: Any) -> Any:
-    """A dataclass field whose validation rules (low, high, choices, identifier) ride along."""
+def setting(
+    default: Any,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    choices: tuple[str, ...] = (),
+    item: str = "value",
+    identifier: bool = False,
+    nonempty: bool = False,
+) -> Any:
+    """A dataclass field whose validation rules ride along in its metadata.
+
+    Args:
+        low, high: inclusive bounds of a number.
+        choices: the allowed strings (of a string, or of each item of a list).
+        item: what one list item is called in errors ("provider").
+        identifier: an SQL identifier ("" allowed unless `nonempty`).
+        nonempty: "" is not allowed.
+    """
+    rules = {"low": low, "high": high, "choices": choices, "item": item,
+             "identifier": identifier, "nonempty": nonempty}
     return field(default=default, metadata=rules)
 
 
@@ -44,8 +63,6 @@ def build(cls: type[Any], raw: Mapping[str, Any], table: str, file: str) -> Any:
             values[name] = build(hint, sub, key, file)  # type: ignore[arg-type]
         elif name in raw:
             values[name] = _check_value(raw[name], hint, spec.metadata, key, file)
-        elif spec.default is MISSING:  # pragma: no cover - every setting has a default today
-            raise ConfigError(file, key, "missing")
     return cls(**values)
 
 
@@ -71,11 +88,11 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
         return _check_list(value, rules, fail)
     if not isinstance(value, str):
         raise fail(f"must be a string, got {show(value)}")
-    if "choices" in rules and value not in rules["choices"]:
+    if rules["choices"] and value not in rules["choices"]:
         raise fail(f"must be one of {', '.join(rules['choices'])}, got {show(value)}")
-    if (rules.get("required") or rules.get("nonempty")) and not value:
+    if rules["nonempty"] and not value:
         raise fail("must not be empty")
-    if rules.get("identifier") and value and not _IDENTIFIER.fullmatch(value):
+    if rules["identifier"] and value and not _IDENTIFIER.fullmatch(value):
         raise fail(
             f"must be an SQL identifier (letters, digits, _; not starting with a digit), "
             f"got {show(value)}"

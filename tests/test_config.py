@@ -754,3 +754,11 @@ def test_emitter_round_trips() -> None:
     """The property test's tiny TOML emitter writes what tomllib reads back."""
     doc = {"a b": {"x\n\"": [1, 2.5, "é\x7f"], "t": {"": True}}, "n": -(10**30)}
     assert tomllib.loads(_emit_document(doc)) == doc
+
+
+def test_a_misspelt_rule_fails_where_the_setting_is_declared() -> None:
+    """setting() takes only the rules the schema checks: a typo is a TypeError at import."""
+    from geod.schema import setting
+
+    with pytest.raises(TypeError, match="lo"):
+        setting(1, lo=1)  # type: ignore[call-arg]

@@ -178,30 +178,6 @@ def test_demand_rises_at_once_and_falls_after_two_windows() -> None:
     assert gov.demand() == 0
 
 
-def test_keep_shrinks_as_the_window_runs_out() -> None:
-    """With others seen, geod leaves more free early in a window than near its end."""
-    clock = FakeClock()
-    gov = governor(clock)
-    gov.observe(14, 60)
-    clock.advance(1)
-    gov.observe(7, 59)  # six others
-    keeps = [gov.keep(t) for t in (60, 30, 10, 1, 0.1)]
-    assert keeps == sorted(keeps, reverse=True)
-    assert keeps[0] >= 6 and keeps[-1] == 0
-
-
-def test_keep_is_the_reserve_when_alone_or_off() -> None:
-    """Nobody else seen, or share off: only the configured reserve is kept."""
-    clock = FakeClock()
-    gov = governor(clock, reserve=2)
-    gov.observe(14, 60)
-    assert gov.keep(60) == 2
-    off = RateGovernor(2, clock, clock.sleep, share=False)
-    off.observe(14, 60)
-    off.observe(5, 59)
-    assert off.demand() == 0 and off.keep(60) == 2
-
-
 async def test_alone_paces_the_whole_window_without_losing_a_request() -> None:
     """Alone, 15 requests are spread over one window, all before its reset, none lost."""
     clock = FakeClock()
