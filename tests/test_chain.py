@@ -1,196 +1,236 @@
-"""run_pass over a chain of in-memory providers: order, pass-through, back-off, counts."""
+"""The provider chain (`chain`) in the daemon: real .mmdb files, the fake ip-api, reloads, config
+errors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from geod.config import ColumnsConfig, DatabaseConfig
-from geod.negcache import NegativeCache
-from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline
-from geod.resolve import run_pass
-from geod.sqlite_store import SqliteStore
-from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows
+from geod.cli import main
+from geod.config import Config, load_config
+from geod.errors import ConfigError
+from geod.records import PassSummary
+from tests.conftest import FakeClock, Logs, MakeDb, events, make_daemon, read_rows, write_config
+from tests.fake_ipapi import FakeIpApi
+from tests.mmdb_files import geolite2_country, write_mmdb
+
+
+@pytest.fixture
+def mmdb_path(tmp_path: Path) -> Path:
+    return write_mmdb(tmp_path / "GeoLite2-Country.mmdb", {
+        "8.8.8.0/24": geolite2_country("US", "United States"),
+        "2001:200::/23": geolite2_country("JP", "Japan"),
+    })
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, fake_server: tuple[FakeIpApi, str],
+                mmdb_path: Path) -> Callable[..., Config]:
+    def make(providers: str = '["mmdb", "ip-api"]', extra: str = "") -> Config:
+        path = write_config(tmp_path / "geod.toml", f"""
+[database.columns]
+source = "source"
+[ipapi]
+url = "{fake_server[1]}"
+[resolve]
+providers = {providers}
+[mmdb]
+path = "{mmdb_path.name}"
+{extra}
+""")
+        return load_config(path)
+    return make
+
 
 SOURCE_SCHEMA = (
     "CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
-    "asn TEXT, org TEXT, cached_at TEXT, answered_by TEXT)"
+    "asn TEXT, org TEXT, cached_at TEXT, source TEXT)"
 )
 
 
-class Scripted:
-    """A provider named `name` that answers `outcomes[address]` (default MISS) and records calls."""
-
-    def __init__(self, name: str, outcomes: dict[str, Outcome], batch_size: int = 10_000,
-                 code: str = "NL") -> None:
-        self.name = name
-        self.batch_size = batch_size
-        self.outcomes = outcomes
-        self.code = code
-        self.batches: list[list[str]] = []
-
-    async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
-        self.batches.append(list(addresses))
-        result = []
-        for address in addresses:
-            outcome = self.outcomes.get(address, Outcome.MISS)
-            geo = Geo(self.code) if outcome is Outcome.RESOLVED else None
-            result.append(Lookup(address, outcome, geo=geo, source=self.name))
-        return result
-
-    @property
-    def asked(self) -> list[str]:
-        return [address for batch in self.batches for address in batch]
+def add_rows(db: Path, *ips: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [(ip,) for ip in ips])
+    conn.close()
 
 
-@pytest.fixture
-def negcache(fake_clock: FakeClock) -> NegativeCache:
-    return NegativeCache(600, 86400, fake_clock)
+async def test_ipapi_is_asked_only_for_what_the_file_missed(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
+    """mmdb first: ip-api receives only the remainder, and the counts say who answered."""
+    db = make_db([(ip, None) for ip in ("8.8.8.8", "2001:200::1", "9.9.9.9", "1.1.1.1")],
+                 schema=SOURCE_SCHEMA)
+    fake, _ = fake_server
+    summary = await make_daemon(make_config(), fake_clock).run_once()
+    assert fake.sent_ips() == ["9.9.9.9", "1.1.1.1"]
+    assert summary is not None and summary.resolved_by == {"mmdb": 2, "ip-api": 2}
+    [complete] = events(logs, "geo_re_resolve_complete")
+    assert complete["resolved_by"] == {"mmdb": 2, "ip-api": 2}
+    sources = {ip: row["source"] for ip, row in read_rows(db).items()}
+    assert sources == {"8.8.8.8": "mmdb", "2001:200::1": "mmdb", "9.9.9.9": "ip-api",
+                       "1.1.1.1": "ip-api"}
 
 
-async def pass_over(path: Path, chain: Sequence[Scripted], negcache: NegativeCache,
-                    clock: FakeClock, columns: ColumnsConfig | None = None) -> PassSummary:
-    config = DatabaseConfig(path=str(path), columns=columns or ColumnsConfig())
-    store = await SqliteStore.open(config, "geod.toml")
-    try:
-        return await run_pass(store, chain, negcache, clock=clock, now_utc=lambda: "T")
-    finally:
-        await store.close()
+async def test_offline_providers_never_wait_for_the_rate_governor(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        fake_server: tuple[FakeIpApi, str]) -> None:
+    """With ip-api's window used up, a chain the local providers fully answer never waits."""
+    make_db([(ip, None) for ip in ("8.8.8.8", "1.0.16.1", "2001:4860::1")],
+            schema=SOURCE_SCHEMA)
+    fake, _ = fake_server
+    fake.spend(15, tenant="dashboard")
+    daemon = make_daemon(make_config('["mmdb", "rir", "ip-api"]'), fake_clock)
+    daemon.governor.observe(0, 60)  # as if ip-api had just said X-Rl: 0, X-Ttl: 60
+    summary = await daemon.run_once()
+    assert summary is not None and summary.resolved_by == {"mmdb": 1, "rir": 2, "ip-api": 0}
+    assert fake_clock.sleeps == []
+    assert fake.sent_ips() == []
 
 
-R, M, F, U = Outcome.RESOLVED, Outcome.MISS, Outcome.FAILED, Outcome.UNRESOLVABLE
+async def test_replaced_file_is_used_by_the_running_daemon(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        mmdb_path: Path, logs: Logs) -> None:
+    """geoipupdate replaces the file between passes: the next pass answers from the new one."""
+    db = make_db([("8.8.8.8", None)], schema=SOURCE_SCHEMA)
+    summaries: list[PassSummary] = []
+
+    def done(summary: PassSummary) -> None:
+        summaries.append(summary)
+        if len(summaries) == 1:
+            write_mmdb(mmdb_path, {"8.8.4.0/24": geolite2_country("DE", "Germany")})
+            add_rows(db, "8.8.4.4")
+        else:
+            daemon.request_stop()
+
+    daemon = make_daemon(make_config('["mmdb"]', "[daemon]\ninterval = 60"), fake_clock, done)
+    await daemon.run()
+    rows = read_rows(db)
+    assert (rows["8.8.8.8"]["country_code"], rows["8.8.4.4"]["country_code"]) == ("US", "DE")
+    assert len(events(logs, "mmdb_opened")) == 2
 
 
-async def test_each_provider_gets_only_what_is_still_open(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
-    """Providers run in order; each is asked only what the ones before it did not answer."""
-    path = make_db([(ip, None) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "2.2.2.2")],
-                   schema=SOURCE_SCHEMA)
-    mmdb = Scripted("mmdb", {"8.8.8.8": R}, code="US")
-    rir = Scripted("rir", {"1.1.1.1": R}, code="AU")
-    ipapi = Scripted("ip-api", {"9.9.9.9": R}, batch_size=100, code="CH")
-    summary = await pass_over(path, [mmdb, rir, ipapi], negcache, fake_clock,
-                              ColumnsConfig(source="answered_by"))
-    assert mmdb.asked == ["8.8.8.8", "1.1.1.1", "9.9.9.9", "2.2.2.2"]
-    assert rir.asked == ["1.1.1.1", "9.9.9.9", "2.2.2.2"]
-    assert ipapi.asked == ["9.9.9.9", "2.2.2.2"]
-    rows = read_rows(path)
-    assert {ip: (row["country_code"], row["answered_by"]) for ip, row in rows.items()} == {
-        "8.8.8.8": ("US", "mmdb"), "1.1.1.1": ("AU", "rir"), "9.9.9.9": ("CH", "ip-api"),
-        "2.2.2.2": (None, None)}
-    assert summary.resolved_by == {"mmdb": 1, "rir": 1, "ip-api": 1}
-    assert (summary.retried, summary.resolved, summary.missed, summary.failed) == (4, 3, 1, 0)
+async def test_reload_with_a_corrupt_file_keeps_the_old_reader(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        mmdb_path: Path, logs: Logs) -> None:
+    """SIGHUP with a broken file: an error is logged and the old data keeps answering."""
+    db = make_db([("8.8.8.8", None)], schema=SOURCE_SCHEMA)
+    passes = 0
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            broken = mmdb_path.with_name("broken")
+            broken.write_bytes(b"\x00" * 64)
+            os.replace(broken, mmdb_path)
+            add_rows(db, "8.8.8.9")
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = make_daemon(make_config('["mmdb"]'), fake_clock, done)
+    await daemon.run()
+    assert read_rows(db)["8.8.8.9"]["country_code"] == "US"
+    [failed] = events(logs, "mmdb_reload_failed")
+    assert failed["log_level"] == "error" and "not a MaxMind DB file" in failed["reason"]
 
 
-async def test_only_addresses_every_provider_missed_back_off(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
-    """A miss followed by an answer leaves no trace; a miss everywhere backs off."""
-    path = make_db([("8.8.8.8", None), ("2.2.2.2", None), ("3.3.3.3", None)])
-    first = Scripted("mmdb", {})
-    second = Scripted("ip-api", {"8.8.8.8": R, "3.3.3.3": F})
-    summary = await pass_over(path, [first, second], negcache, fake_clock)
-    assert not negcache.blocked("8.8.8.8")
-    assert negcache.blocked("2.2.2.2") and negcache.blocked("3.3.3.3")
-    assert (summary.missed, summary.failed) == (1, 1)  # failed anywhere counts as failed
-    again = await pass_over(path, [first, second], negcache, fake_clock)
-    assert again.backed_off == 2 and first.asked == ["8.8.8.8", "2.2.2.2", "3.3.3.3"]
+async def test_reload_that_adds_a_missing_file_goes_on_without_it(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """A reload naming an unusable file logs an error; the rest of the chain still runs."""
+    db = make_db([("8.8.8.8", None)], schema=SOURCE_SCHEMA)
+    config = make_config('["rir"]')
+    passes = 0
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            Path(config.source).write_text(
+                '[database.columns]\nsource = "source"\n[resolve]\nproviders = ["mmdb", "rir"]\n'
+                '[mmdb]\npath = "gone.mmdb"\n')
+            add_rows(db, "1.0.16.1")
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = make_daemon(config, fake_clock, done)
+    await daemon.run()
+    assert read_rows(db)["1.0.16.1"]["source"] == "rir"
+    [failed] = events(logs, "mmdb_reload_failed")
+    assert failed["action"] == "left_out_of_chain" and "gone.mmdb" in failed["path"]
+    assert daemon.chain is not None
+    assert [provider.name for provider in daemon.chain.providers] == ["rir"]
 
 
-async def test_a_failed_provider_passes_on_to_the_next(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
-    """ip-api first and unreachable: the offline provider after it still answers."""
-    path = make_db([("8.8.8.8", None)])
-    ipapi = Scripted("ip-api", {"8.8.8.8": F})
-    rir = Scripted("rir", {"8.8.8.8": R}, code="US")
-    summary = await pass_over(path, [ipapi, rir], negcache, fake_clock)
-    assert summary.resolved_by == {"ip-api": 0, "rir": 1}
-    assert summary.failed == 0 and not negcache.blocked("8.8.8.8")
+async def test_startup_with_a_missing_file_is_a_config_error(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        mmdb_path: Path) -> None:
+    """A file that will not open at start-up fails before any pass, naming [mmdb] path."""
+    make_db(schema=SOURCE_SCHEMA)
+    config = make_config()
+    await asyncio.to_thread(mmdb_path.unlink)
+    with pytest.raises(ConfigError, match=r"\[mmdb\] path: cannot open .*No such file"):
+        await make_daemon(config, fake_clock).run()
 
 
-async def test_unresolvable_ends_the_chain(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
-    """An answer like 'reserved range' is final: later providers are not asked."""
-    path = make_db([("8.8.8.8", None), ("1.1.1.1", None)])
-    first = Scripted("ip-api", {"8.8.8.8": U})
-    second = Scripted("rir", {"8.8.8.8": R, "1.1.1.1": R})
-    summary = await pass_over(path, [first, second], negcache, fake_clock)
-    assert second.asked == ["1.1.1.1"]
-    assert summary.unresolvable == 1 and negcache.blocked("8.8.8.8")
-    fake_clock.advance(86_399)
-    assert negcache.blocked("8.8.8.8")  # max_ttl, as for any permanent answer
+def _config(tmp_path: Path, mmdb: str, providers: str = '["mmdb", "rir"]') -> Path:
+    return write_config(tmp_path / "geod.toml",
+                        f'[resolve]\nproviders = {providers}\n[mmdb]\n{mmdb}\n')
 
 
-@pytest.fixture
-def write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every write transaction the test's passes make, in order."""
-    sizes: list[int] = []
-    original = SqliteStore.write
-
-    async def counting(self: SqliteStore, updates: Sequence[Update], resolved_at: str,
-                       deadline: WriteDeadline | None = None) -> int:
-        sizes.append(len(updates))
-        return await original(self, updates, resolved_at, deadline)
-
-    monkeypatch.setattr(SqliteStore, "write", counting)
-    return sizes
-
-
-async def test_local_provider_takes_a_chunk_in_one_call_and_one_write(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
-        write_sizes: list[int]) -> None:
-    """2,500 rows: three chunk-sized calls and three write transactions, not one per row."""
-    ips = [f"8.{i // 250}.{i % 250}.1" for i in range(2500)]
-    path = make_db([(ip, None) for ip in ips])
-    local = Scripted("rir", dict.fromkeys(ips, R))
-    summary = await pass_over(path, [local], negcache, fake_clock)
-    assert [len(batch) for batch in local.batches] == [1000, 1000, 500]
-    assert write_sizes == [1000, 1000, 500]
-    assert summary.resolved == 2500
-
-
-async def test_ipapi_batches_within_a_chunk_are_written_one_by_one(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
-        write_sizes: list[int]) -> None:
-    """What reaches ip-api still goes in batches of its size, each written as it arrives."""
-    ips = [f"8.8.{i}.1" for i in range(250)]
-    path = make_db([(ip, None) for ip in ips])
-    local = Scripted("mmdb", {ip: R for ip in ips[:40]})
-    ipapi = Scripted("ip-api", dict.fromkeys(ips, R), batch_size=100)
-    summary = await pass_over(path, [local, ipapi], negcache, fake_clock)
-    assert [len(batch) for batch in ipapi.batches] == [100, 100, 10]
-    assert write_sizes == [40, 100, 100, 10]
-    assert summary.resolved_by == {"mmdb": 40, "ip-api": 210}
+@pytest.mark.parametrize("command", ["once", "check-config"])
+@pytest.mark.parametrize(
+    ("providers", "mmdb", "setup", "message"),
+    [
+        ('["maxmind"]', "", None,
+         "[resolve] providers: unknown provider 'maxmind' (known: ip-api, mmdb, rir)"),
+        ('["rir", "rir"]', "", None, "[resolve] providers: 'rir' is listed twice"),
+        ('["mmdb"]', "", None, '[mmdb] path: must be set when [resolve] providers has "mmdb"'),
+        ('["mmdb"]', 'path = "x.mmdb"', None,
+         "[mmdb] path: cannot open {dir}/x.mmdb: No such file or directory"),
+        ('["mmdb"]', 'path = "x.mmdb"', lambda p: p.write_bytes(b"junk"),
+         "[mmdb] path: cannot open {dir}/x.mmdb: not a MaxMind DB file"),
+        ('["mmdb"]', 'path = "x.mmdb"', lambda p: p.mkdir(),
+         "[mmdb] path: cannot open {dir}/x.mmdb: not a MaxMind DB file"),
+        ('["mmdb"]', 'path = "good.mmdb"\nasn_path = "x.mmdb"', None,
+         "[mmdb] asn_path: cannot open {dir}/x.mmdb: No such file or directory"),
+    ],
+    ids=["unknown", "twice", "no-path", "missing", "corrupt", "directory", "asn-missing"],
+)
+def test_config_errors_exit_78_with_a_clear_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, providers: str,
+        mmdb: str, setup: Callable[[Path], object] | None, message: str) -> None:
+    """Provider mistakes are config errors: exit 78, naming the file, the key and the cause."""
+    write_mmdb(tmp_path / "good.mmdb", {"8.8.8.0/24": geolite2_country("US", "United States")})
+    if setup is not None:
+        setup(tmp_path / "x.mmdb")
+    path = _config(tmp_path, mmdb, providers)
+    assert main([command, "--config", str(path)]) == 78
+    expected = f"geod: {path}: " + message.format(dir=tmp_path)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == expected
 
 
-async def test_summary_line_and_start_event_name_the_chain(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock, logs: Logs) -> None:
-    """The start event lists the chain; the summary line ends with per-provider counts."""
-    path = make_db([("8.8.8.8", None), ("2d00::1", None)])
-    summary = await pass_over(path, [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {})],
-                              negcache, fake_clock)
-    assert events(logs, "geo_re_resolve_start")[0]["providers"] == ["mmdb", "rir"]
-    assert summary.line().endswith("missed=1 duration_s=0.0 resolved_by=mmdb:1,rir:0")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_unreadable_file_exits_78(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file geod may not read is a config error naming the permission problem."""
+    db = write_mmdb(tmp_path / "x.mmdb", {"8.8.8.0/24": geolite2_country("US", "United States")})
+    db.chmod(0)
+    path = _config(tmp_path, 'path = "x.mmdb"')
+    assert main(["once", "--config", str(path)]) == 78
+    assert "[mmdb] path: cannot open" in (err := capsys.readouterr().err)
+    assert "Permission denied" in err
 
 
-async def test_progress_reports_every_providers_lookups_and_counts_rows_once(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
-    """Each provider call is reported (metrics count lookups by provider); done reaches total."""
-    path = make_db([(ip, None) for ip in ("8.8.8.8", "1.1.1.1", "2.2.2.2", "10.0.0.1")])
-    reports: list[tuple[list[tuple[str, str]], int, int]] = []
+def test_every_configurable_provider_has_a_factory() -> None:
+    """config.PROVIDERS (what a config may name) and chain.FACTORIES (what can be built) agree."""
+    from geod.chain import FACTORIES
+    from geod.config import PROVIDERS
 
-    def progress(lookups: Sequence[Lookup], done: int, total: int) -> None:
-        reports.append(([(lk.source, lk.outcome.value) for lk in lookups], done, total))
-
-    chain = [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {"1.1.1.1": R})]
-    store = await SqliteStore.open(DatabaseConfig(path=str(path)), "geod.toml")
-    try:
-        await run_pass(store, chain, negcache, clock=fake_clock, progress=progress)
-    finally:
-        await store.close()
-    assert reports == [
-        ([], 0, 4),
-        ([("mmdb", "resolved"), ("mmdb", "miss"), ("mmdb", "miss")], 2, 4),  # + 10.0.0.1
-        ([("rir", "resolved"), ("rir", "miss")], 4, 4),
-    ]
+    assert sorted(FACTORIES) == sorted(PROVIDERS)
