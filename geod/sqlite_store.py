@@ -40,9 +40,11 @@ class SqliteStore:
         self._table = _quote(config.table)
         self._ip = _quote(config.columns.ip)
         self._country = _quote(config.columns.country_code)
-        # The one "due rows" predicate: what a pass reads, counts, and guards its writes with.
-        # A NULL country is a hole the app left; anything else is the app's and never touched.
+        # The one "due rows" predicate and its bound values: what a pass reads, counts, and
+        # guards its writes with. A NULL country is a hole the app left; anything else is the
+        # app's and never touched. (A refresh by age would add `OR <updated_at> < ?` here.)
         self._due = f"{self._country} IS NULL"
+        self._due_params: tuple[Any, ...] = ()
         self._busy_pragma = f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}"
 
     @classmethod
@@ -81,7 +83,8 @@ class SqliteStore:
 
     async def count_due(self) -> int:
         """Rows a pass would read now. Raises: StoreBusy."""
-        return await self._scalar(f"SELECT COUNT(*) FROM {self._table} WHERE {self._due}")
+        sql = f"SELECT COUNT(*) FROM {self._table} WHERE {self._due}"
+        return await self._scalar(sql, self._due_params)
 
     async def due_chunks(self, size: int = READ_CHUNK) -> AsyncIterator[list[Row]]:
         """Yield due rows in bounded chunks, each read finished before it is yielded.
@@ -97,7 +100,7 @@ class SqliteStore:
         last: Any = -(2**63) if cursor_col == "rowid" else ""
         while True:
             try:
-                async with self._conn.execute(query, (last, size)) as cur:
+                async with self._conn.execute(query, (*self._due_params, last, size)) as cur:
                     # fetchall ends the statement, so no read lock is kept past this line.
                     rows = list(await cur.fetchall())
             except sqlite3.OperationalError as error:
@@ -128,7 +131,8 @@ class SqliteStore:
         # The due guard is the promise never to overwrite what the app wrote meanwhile.
         sql = f"UPDATE {self._table} SET {assignments} WHERE {self._ip} = ? AND {self._due}"
         params = [
-            (*(_field(update, name, resolved_at) for name in written), update.key)
+            (*(_field(update, name, resolved_at) for name in written), update.key,
+             *self._due_params)
             for update in updates
         ]
         await self._take_write_lock(deadline or WriteDeadline())
@@ -183,9 +187,9 @@ class SqliteStore:
             top = [(str(code), int(n)) for code, n in await cur.fetchall()]
         return StoreReport(rows, due, top)
 
-    async def _scalar(self, sql: str) -> int:
+    async def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         try:
-            async with self._conn.execute(sql) as cur:
+            async with self._conn.execute(sql, params) as cur:
                 row = await cur.fetchone()
         except sqlite3.OperationalError as error:
             _raise_if_locked("reading the table", error)
