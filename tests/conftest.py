@@ -12,7 +12,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from geod.config import Config
+from geod.config import Config, load_config
 from geod.daemon import Daemon
 from geod.records import PassSummary
 from geod.status import Phase, Status
@@ -110,6 +110,41 @@ def read_rows(path: Path, table: str = "geo_cache") -> dict[str, dict[str, Any]]
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as TOML (the few kinds a geod config holds)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_text(tables: dict[str, dict[str, Any]], extra: str = "") -> str:
+    """TOML for {"table": {"key": value}} ("database.columns" for a sub-table), then `extra`."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n" + extra + "\n"
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> MakeConfig:
+    """make_config(extra="raw TOML", database={...}, ipapi={...}, ...): geod.toml, loaded.
+
+    Modules with their own defaults (a fake server's URL, a fault table) wrap this one.
+    """
+    def make(extra: str = "", **tables: dict[str, Any]) -> Config:
+        return load_config(write_config(tmp_path / "geod.toml", toml_text(tables, extra)))
+
+    return make
 
 
 @pytest.fixture

@@ -12,10 +12,19 @@ from pathlib import Path
 import pytest
 
 from geod.cli import main
-from geod.config import Config, load_config
+from geod.config import Config
 from geod.errors import ConfigError
 from geod.records import PassSummary
-from tests.conftest import FakeClock, Logs, MakeDb, events, make_daemon, read_rows, write_config
+from tests.conftest import (
+    FakeClock,
+    Logs,
+    MakeConfig,
+    MakeDb,
+    events,
+    make_daemon,
+    read_rows,
+    write_config,
+)
 from tests.fake_ipapi import FakeIpApi
 from tests.mmdb_files import geolite2_country, write_mmdb
 
@@ -29,21 +38,13 @@ def mmdb_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, fake_server: tuple[FakeIpApi, str],
-                mmdb_path: Path) -> Callable[..., Config]:
+def make_config(make_config: MakeConfig, fake_server: tuple[FakeIpApi, str],
+                mmdb_path: Path) -> MakeConfig:
+    """conftest's factory with this module's defaults: a source column, the fake ip-api."""
     def make(providers: str = '["mmdb", "ip-api"]', extra: str = "") -> Config:
-        path = write_config(tmp_path / "geod.toml", f"""
-[database.columns]
-source = "source"
-[ipapi]
-url = "{fake_server[1]}"
-[resolve]
-providers = {providers}
-[mmdb]
-path = "{mmdb_path.name}"
-{extra}
-""")
-        return load_config(path)
+        more = f'[resolve]\nproviders = {providers}\n[mmdb]\npath = "{mmdb_path.name}"\n{extra}'
+        return make_config(more, **{"database.columns": {"source": "source"},
+                                    "ipapi": {"url": fake_server[1]}})
     return make
 
 

@@ -8,26 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from geod.config import Config, load_config
+from geod.config import Config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
 from geod.records import PassSummary
-from tests.conftest import FakeClock, Logs, MakeDb, events, make_daemon, read_rows, write_config
+from tests.conftest import (
+    FakeClock,
+    Logs,
+    MakeConfig,
+    MakeDb,
+    events,
+    make_daemon,
+    read_rows,
+)
 from tests.fake_ipapi import FakeIpApi
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, fake_server: tuple[FakeIpApi, str]) -> Callable[..., Config]:
+def make_config(make_config: MakeConfig, fake_server: tuple[FakeIpApi, str]) -> MakeConfig:
+    """conftest's factory with this module's defaults; `extra` lands in [ipapi]."""
     def make(extra: str = "", interval: float = 600, initial_delay: float = 0) -> Config:
-        path = write_config(tmp_path / "geod.toml", f"""
-[daemon]
-interval = {interval}
-initial_delay = {initial_delay}
-[ipapi]
-url = "{fake_server[1]}"
-{extra}
-""")
-        return load_config(path)
+        return make_config(extra, daemon={"interval": interval, "initial_delay": initial_delay},
+                           ipapi={"url": fake_server[1]})
     return make
 
 

@@ -15,7 +15,7 @@ from geod.notify import Notifier
 from geod.records import PassSummary
 from geod.status import Phase, Status
 from geod.systemd import SystemdStatus, next_line, pass_line, progress_line, wait_line
-from tests.conftest import FakeClock, MakeDb, events, make_daemon, write_config
+from tests.conftest import FakeClock, MakeDb, events, make_daemon, toml_text, write_config
 from tests.fake_ipapi import FakeIpApi
 
 NOON = datetime(2026, 11, 28, 12, 0, 5, tzinfo=UTC)
@@ -48,13 +48,8 @@ async def batch_url(aiohttp_server: Any, fake_clock: FakeClock) -> tuple[FakeIpA
 
 
 def _config(tmp_path: Path, url: str) -> Config:
-    return load_config(write_config(tmp_path / "geod.toml", f"""
-[daemon]
-interval = 600
-[ipapi]
-url = "{url}"
-batch_size = 1
-"""))
+    text = toml_text({"daemon": {"interval": 600}, "ipapi": {"url": url, "batch_size": 1}})
+    return load_config(write_config(tmp_path / "geod.toml", text))
 
 
 async def test_status_changes_through_the_lifecycle(

@@ -9,15 +9,15 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from geod.config import Config, load_config
+from geod.config import Config
 from geod.daemon import Daemon
-from tests.conftest import FakeClock, MakeDb, make_daemon, write_config
+from tests.conftest import FakeClock, MakeConfig, MakeDb, make_daemon
 from tests.fake_ipapi import FakeIpApi
 
 # Stored keys: public ones (two of them one address), ones that must never leave the host, and
@@ -47,27 +47,18 @@ def fault_db(make_db: MakeDb) -> Path:
     return db
 
 
-MakeConfig = Callable[..., Config]
-
-
 @pytest.fixture
-def make_config(tmp_path: Path, fault_db: Path, fake_server: tuple[FakeIpApi, str]) -> MakeConfig:
+def make_config(make_config: MakeConfig, fault_db: Path,
+                fake_server: tuple[FakeIpApi, str]) -> MakeConfig:
     """make_config(url=, database="more TOML", db=other file, **ipapi): a loaded config."""
 
     def make(url: str | None = None, database: str = "", db: Path | None = None,
              **ipapi: Any) -> Config:
-        settings = {"batch_size": 4, "max_attempts": 3, "timeout": 0.5, **ipapi}
-        lines = "\n".join(f"{key} = {value!r}".replace("'", '"') for key, value in settings.items())
-        path = write_config(tmp_path / "geod.toml", f"""
-[database]
-path = "{db or fault_db}"
-busy_timeout = 0.3
-{database}
-[ipapi]
-url = "{url or fake_server[1]}"
-{lines}
-""")
-        return load_config(path)
+        settings = {"url": url or fake_server[1], "batch_size": 4, "max_attempts": 3,
+                    "timeout": 0.5, **ipapi}
+        # `database` is more of [database]: that table goes last.
+        return make_config(database, ipapi=settings,
+                           database={"path": str(db or fault_db), "busy_timeout": 0.3})
 
     return make
 
