@@ -218,20 +218,6 @@ class Pass:
             self._progress(lookups, self.tally.done, self.tally.unresolved)
 
 
-async def run_pass(
-    store: Store,
-    chain: Sequence[Provider],
-    negcache: NegativeCache,
-    *,
-    clock: Callable[[], float],
-    now_utc: Callable[[], str] = utc_now,
-    progress: Progress | None = None,
-) -> PassSummary:
-    """One `Pass` over `store` through `chain`, run to its end."""
-    return await Pass(store, chain, negcache, clock=clock, now_utc=now_utc,
-                      progress=progress).run()
-
-
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,13 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from geod.config import Config, load_config
+from geod.config import ColumnsConfig, Config, DatabaseConfig, load_config
 from geod.daemon import Daemon
+from geod.negcache import NegativeCache
+from geod.provider import Provider
 from geod.records import PassSummary
+from geod.resolve import Pass
+from geod.sqlite_store import SqliteStore
 from geod.status import Phase, Status
 from tests.fake_ipapi import FakeIpApi
 
@@ -169,3 +173,15 @@ def make_daemon(config: Config, clock: FakeClock,
             on_pass_done(status.last)
 
     return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, on_change=changed)
+
+
+async def make_pass(db: Path, chain: Sequence[Provider], negcache: NegativeCache,
+                    clock: FakeClock, *, columns: ColumnsConfig | None = None,
+                    stamp: str = "2026-11-28T10:00:00Z") -> PassSummary:
+    """One real pass over the SQLite file `db` through `chain`, on fake time; its summary."""
+    config = DatabaseConfig(path=str(db), columns=columns or ColumnsConfig())
+    store = await SqliteStore.open(config, "geod.toml")
+    try:
+        return await Pass(store, chain, negcache, clock=clock, now_utc=lambda: stamp).run()
+    finally:
+        await store.close()

@@ -13,9 +13,9 @@ import pytest
 from geod.config import ColumnsConfig, DatabaseConfig
 from geod.negcache import NegativeCache
 from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline
-from geod.resolve import run_pass
+from geod.resolve import Pass
 from geod.sqlite_store import SqliteStore
-from tests.conftest import FakeClock, Logs, MakeDb, events, read_rows
+from tests.conftest import FakeClock, Logs, MakeDb, events, make_pass, read_rows
 
 STAMP = "2026-11-28T10:00:00Z"
 
@@ -52,12 +52,8 @@ class FakeProvider:
 
 
 async def pass_over(path: Path, provider: FakeProvider, negcache: NegativeCache,
-                    clock: FakeClock) -> Any:
-    store = await SqliteStore.open(DatabaseConfig(path=str(path)), "geod.toml")
-    try:
-        return await run_pass(store, [provider], negcache, clock=clock, now_utc=lambda: STAMP)
-    finally:
-        await store.close()
+                    clock: FakeClock) -> PassSummary:
+    return await make_pass(path, [provider], negcache, clock, stamp=STAMP)
 
 
 @pytest.fixture
@@ -177,7 +173,7 @@ async def test_locked_database_skips_the_batch_for_next_pass(
 
     store = await SqliteStore.open(DatabaseConfig(path=str(path), busy_timeout=0.05), "geod.toml")
     try:
-        summary = await run_pass(store, [LockDuringLookup()], negcache, clock=fake_clock)
+        summary = await Pass(store, [LockDuringLookup()], negcache, clock=fake_clock).run()
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -234,13 +230,8 @@ class Scripted:
 
 
 async def chain_pass_over(path: Path, chain: Sequence[Scripted], negcache: NegativeCache,
-                    clock: FakeClock, columns: ColumnsConfig | None = None) -> PassSummary:
-    config = DatabaseConfig(path=str(path), columns=columns or ColumnsConfig())
-    store = await SqliteStore.open(config, "geod.toml")
-    try:
-        return await run_pass(store, chain, negcache, clock=clock, now_utc=lambda: "T")
-    finally:
-        await store.close()
+                          clock: FakeClock, columns: ColumnsConfig | None = None) -> PassSummary:
+    return await make_pass(path, chain, negcache, clock, columns=columns, stamp="T")
 
 
 R, M, F, U = Outcome.RESOLVED, Outcome.MISS, Outcome.FAILED, Outcome.UNRESOLVABLE
@@ -369,7 +360,7 @@ async def test_progress_reports_every_providers_lookups_and_counts_rows_once(
     chain = [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {"1.1.1.1": R})]
     store = await SqliteStore.open(DatabaseConfig(path=str(path)), "geod.toml")
     try:
-        await run_pass(store, chain, negcache, clock=fake_clock, progress=progress)
+        await Pass(store, chain, negcache, clock=fake_clock, progress=progress).run()
     finally:
         await store.close()
     assert reports == [
