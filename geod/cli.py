@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from geod import __version__, logs, systemd
 from geod.addresses import sendable
-from geod.chain import check_files
+from geod.checkconfig import check_config, who_to_check
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.demo import DEFAULT_DIR, run_demo
@@ -36,8 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
     commands.add_parser("once", parents=[common], help="run one pass, print its summary, exit")
-    commands.add_parser("check-config", parents=[common],
-                        help="validate and print the effective config (secrets redacted)")
+    check = commands.add_parser(
+        "check-config", parents=[common],
+        help="validate the config and the database access, print the effective config",
+    )
+    check.add_argument("--user", metavar="USER[:GROUP]",
+                       help="check what this user would meet (as root, default: the installed "
+                            "unit's User= and Group=)")
+    check.add_argument("--quiet", "-q", action="store_true",
+                       help="print nothing when all is well (systemctl reload runs this)")
     status = commands.add_parser("status", parents=[common], help="show the table's state")
     status.add_argument("--json", action="store_true", help="one JSON object, for machines")
     demo = commands.add_parser("demo", parents=[common],
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return EXIT_OK
     except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
-        print(f"geod: unexpected error: {type(error).__name__}: {error}", file=sys.stderr)
+        _say(f"unexpected error: {type(error).__name__}: {error}")
         return EXIT_FAILURE
 
 
@@ -69,8 +76,11 @@ def _command(args: argparse.Namespace) -> int:
     stream = sys.stdout if args.command == "run" else sys.stderr
     logs.configure(config.log.level, config.log.format, stream)
     if args.command == "check-config":
-        check_files(config)
-        print(json.dumps(config.redacted(), indent=2))
+        notes = asyncio.run(check_config(config, who_to_check(args.user)))
+        if not args.quiet:
+            print(json.dumps(config.redacted(), indent=2))
+            for note in notes:
+                print(f"geod: note: {note}", file=sys.stderr)
         return EXIT_OK
     if args.command == "status":
         return asyncio.run(_status(config, as_json=args.json))
@@ -95,7 +105,8 @@ async def _once(config: Config) -> int:
 
 
 async def _status(config: Config, *, as_json: bool) -> int:
-    store = await open_store(config)
+    # Read-only (mode=ro): a mistyped path or a root shell never creates or changes a file.
+    store = await open_store(config, readonly=True)
     try:
         report = await store.report()
         unresolvable = await _count_unresolvable(store)
@@ -123,5 +134,12 @@ async def _count_unresolvable(store: Store) -> int:
 
 
 def _fail(error: BaseException) -> int:
-    print(f"geod: {error}", file=sys.stderr)
+    # Under systemd stderr is the journal: <3> files the reason at err, so that
+    # `journalctl -u geod -p err` shows why geod stopped, not only systemd's "exit-code".
+    _say(str(error))
     return exit_code_for(error)
+
+
+def _say(reason: str) -> None:
+    prefix = "<3>" if logs.is_journal(sys.stderr) else ""
+    print(f"{prefix}geod: {reason}", file=sys.stderr)

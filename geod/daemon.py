@@ -21,6 +21,7 @@ from geod.chain import Chain
 from geod.config import Config, load_config
 from geod.errors import ConfigError
 from geod.negcache import NegativeCache
+from geod.preflight import probe_write, startup_checks
 from geod.provider import Resources, make_session
 from geod.ratelimit import RateGovernor
 from geod.records import Lookup, PassSummary
@@ -113,9 +114,15 @@ class Daemon:
 
         Raises:
             ConfigError / StoreError: the database or table is not usable.
+            PermissionProblem: geod's user may not write the database, its directory or the
+                -wal/-shm/-journal files beside it.
         """
+        await startup_checks(self.config.database)  # PermissionProblem: exit 77, named fix
         store = await open_store(self.config)
         await store.close()
+        if not await asyncio.to_thread(probe_write, self.config.database.path):
+            # The app is writing: the database is writable, if not yet proven so for geod.
+            log.warning("write_check_skipped", reason="the database is locked by another writer")
         self._session = make_session()
         self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
                                     self.status.api_responses)
@@ -194,7 +201,7 @@ class Daemon:
         try:
             new = load_config(self.config.source)
         except ConfigError as error:
-            log.error("config_reload_failed", reason=str(error))
+            log.error("config_reload_failed", reason=str(error), action="kept_old_config")
         else:
             if new.metrics.listen != self.config.metrics.listen:
                 log.warning("restart_required", key="metrics.listen", reason="bound at start")

@@ -10,8 +10,10 @@ see the `store.Store` Protocol and `StoreBusy`.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
 
@@ -19,6 +21,7 @@ import aiosqlite
 
 from geod.config import DatabaseConfig
 from geod.errors import ConfigError, StoreBusy, StoreError
+from geod.preflight import create_database
 from geod.records import Row, StoreReport, Update, WriteDeadline
 
 READ_CHUNK = 1000
@@ -48,15 +51,26 @@ class SqliteStore:
         self._busy_pragma = f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}"
 
     @classmethod
-    async def open(cls, config: DatabaseConfig, source: str) -> SqliteStore:
+    async def open(
+        cls, config: DatabaseConfig, source: str, *, readonly: bool = False
+    ) -> SqliteStore:
         """Connect, create or verify the table, and return a ready store.
+
+        `readonly` (`geod status`) opens with SQLite's mode=ro: nothing is created or changed.
 
         Raises:
             ConfigError: the table or a mapped column is missing and `create` is off.
+            PermissionProblem: root would create a database the service could not write.
             StoreBusy: the app held its lock past busy_timeout while the table was checked.
             StoreError: the database cannot be opened or read.
         """
-        mode = "rwc" if config.create else "rw"
+        if readonly:
+            config = replace(config, create=False)
+            if not await asyncio.to_thread(os.path.isfile, config.path):
+                raise StoreError(f"opening database {config.path}: no such database file")
+        elif config.create:  # a new database is private (0600) whatever the umask
+            await asyncio.to_thread(create_database, config.path)
+        mode = "ro" if readonly else "rw"
         uri = f"{PurePath(config.path).as_uri()}?mode={mode}"  # config made the path absolute
         try:
             # Probe with plain sqlite3 first: when aiosqlite.connect itself fails (0.22), its

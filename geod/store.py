@@ -45,11 +45,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-async def open_store(config: Config) -> Store:
+async def open_store(config: Config, *, readonly: bool = False) -> Store:
     """The store `[database]` describes, opened and checked.
+
+    `readonly` (`geod status`, `check-config`): nothing is created or changed.
 
     Raises:
         ConfigError: the table or a mapped column is missing and `create` is off.
+        PermissionProblem: root would create a database the service could not write.
         StoreError: the database cannot be opened (`StoreBusy`: it is locked right now).
     """
-    return await SqliteStore.open(config.database, config.source)
+    return await SqliteStore.open(config.database, config.source, readonly=readonly)

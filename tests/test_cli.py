@@ -115,7 +115,10 @@ def test_check_config_prints_effective_config_redacted(cfg: Path, tmp_path: Path
     assert shown["ipapi"]["url"] == "https://pro.ip-api.com/batch"  # a key selects pro
     assert shown["daemon"] == {"interval": 600.0, "initial_delay": 0.0}
     assert SECRET not in result.stdout and SECRET not in result.stderr
-    assert result.stderr == ""
+    db = cfg.parent / "data.db"
+    note = f"geod: note: {db} does not exist yet: geod run creates it (mode 0600)\n"
+    assert result.stderr == note
+    assert not db.exists()  # check-config changes nothing
 
 
 # -- config errors: exit 78, one line naming file, key and problem ----------------------------
@@ -279,10 +282,16 @@ def test_unopenable_database_exits_1_with_one_line(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+    if command == "status":  # read-only: it never creates, so it says the file is not there
+        expected = f"geod: opening database {db}: no such database file"
+    elif where == "missing-dir":  # the start-up check names the directory
+        expected = f"geod: database directory {db.parent} does not exist"
+    else:
+        expected = f"geod: opening database {db}: unable to open database file"
     for code, out, err in results:
         assert code == 1, err
         assert "Traceback" not in err, err
-        assert err.splitlines() == [f"geod: opening database {db}: unable to open database file"]
+        assert err.splitlines() == [expected]
         assert out == ""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from geod.errors import PermissionProblem
 from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi
 from tests.faults.conftest import NEVER_SENT, PUBLIC, MakeConfig, daemon, lock_held
@@ -89,7 +90,8 @@ def read_only_folder(folder: Path) -> Iterator[None]:
 async def test_read_only_database(make_config: MakeConfig, fake_clock: FakeClock,
                                   fault_db: Path, fake_server: tuple[FakeIpApi, str],
                                   logs: Logs) -> None:
-    """A read-only file: the pass fails with a clear error and writes nothing; then it heals."""
+    """A read-only file: start-up refuses, naming the fix; a pass that meets it fails with a
+    clear error and writes nothing; then it heals."""
     fake, _ = fake_server
     before = snapshot(fault_db)
     folder = fault_db.parent / "ro"
@@ -97,9 +99,11 @@ async def test_read_only_database(make_config: MakeConfig, fake_clock: FakeClock
     db = folder / "geo.db"
     shutil.copy(fault_db, db)
     config = make_config(db=db)
+    with read_only_folder(folder), pytest.raises(PermissionProblem, match="ReadWritePaths="):
+        await daemon(config, fake_clock).startup()
     geod = daemon(config, fake_clock)
+    await geod.startup()  # writable at start; the file system turns read-only under it
     with read_only_folder(folder):
-        await geod.startup()
         try:
             assert await geod.run_pass() is None
         finally:
