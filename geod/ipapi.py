@@ -114,12 +114,13 @@ class IpApiProvider:
             try:
                 payload = await self._post_with_retries(addresses)
             except IpApiError as error:
-                reason = str(error)
+                reason, error_type = str(error), type(error).__name__
             except (TimeoutError, aiohttp.ClientError) as error:
-                reason = _describe(error)
+                reason, error_type = _describe(error), type(error).__name__
             else:
                 return parse_batch(payload, addresses, source=self.name)
-        log.warning("lookup_failed", reason=reason, addresses=len(addresses))
+        log.warning("lookup_failed", reason=reason, error_type=error_type,
+                    addresses=len(addresses))
         return [Lookup(a, Outcome.FAILED, reason=reason, source=self.name) for a in addresses]
 
     async def _post_with_retries(self, addresses: Sequence[str]) -> Any:
@@ -181,8 +182,8 @@ class IpApiProvider:
                         attempt=state.attempt_number, wait_s=round(wait, 2))
         else:
             reason = str(error) if isinstance(error, IpApiError) else _describe(error)
-            log.warning("request_retry", reason=reason, attempt=state.attempt_number,
-                        wait_s=round(wait, 2))
+            log.warning("request_retry", reason=reason, error_type=type(error).__name__,
+                        attempt=state.attempt_number, wait_s=round(wait, 2))
 
 
 def parse_batch(payload: Any, asked: Sequence[str], source: str = "ip-api") -> list[Lookup]:
@@ -259,4 +260,13 @@ def _describe(error: BaseException | None) -> str:
         return "request timed out"
     if isinstance(error, aiohttp.ClientConnectorError):
         return f"cannot connect: {error.os_error.strerror or type(error.os_error).__name__}"
-    return type(error).__name__ if error else "unknown error"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "the answer was cut off or malformed"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(error, aiohttp.ClientOSError) and error.strerror:
+        return f"connection failed: {error.strerror}"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"bad HTTP answer: {error.message}"[:200]
+    # The class goes in its own field (error_type=); the reason stays words.
+    return "network error" if error else "unknown error"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sized
 from typing import Any, TextIO
 
 import structlog
@@ -62,6 +62,28 @@ class JournalRenderer:
         return f"<{priority}>{event} {fields}" if fields else f"<{priority}>{event}"
 
 
+def readable_values(flatten: bool) -> structlog.typing.Processor:
+    """Drop empty fields; with `flatten`, lists become `a,b` and mappings `k:v,k2:v2`.
+
+    The journal and console lines are read by people and split by `journalctl -g` and awk: a
+    Python repr (`['ip-api']`, `{'ip-api': 362}`) serves neither. JSON keeps its native lists
+    and objects (machines parse them), but drops empty fields the same way.
+    """
+
+    def processor(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        for key, value in list(event_dict.items()):
+            if value is None or value == "" or (isinstance(value, Sized) and not len(value)
+                                                 and not isinstance(value, str)):
+                del event_dict[key]
+            elif flatten and isinstance(value, Mapping):
+                event_dict[key] = ",".join(f"{k}:{v}" for k, v in value.items())
+            elif flatten and isinstance(value, list | tuple | set | frozenset):
+                event_dict[key] = ",".join(str(item) for item in value)
+        return event_dict
+
+    return processor
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Send every event at `level` or above to `stream` (stdout by default)."""
     out = stream if stream is not None else sys.stdout
@@ -84,6 +106,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             *stamp,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            readable_values(flatten=chosen != "json"),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
