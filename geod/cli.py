@@ -11,18 +11,26 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from geod import __version__, logs, systemd
+import structlog
+
+from geod import logs, systemd
+from geod.about import version_text, versions
 from geod.addresses import sendable
 from geod.checkconfig import check_config, who_to_check
 from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.demo import DEFAULT_DIR, run_demo
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
+from geod.install import install_files
 from geod.store import Store, open_store
 
+log = structlog.get_logger("geod.cli")
 
-def _parser() -> argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; geod(8) is generated from it (`geod.manpage`)."""
     # --config is accepted before and after the subcommand; SUPPRESS keeps the subparser's
     # default from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
@@ -30,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="config file (default: $GEOD_CONFIG or /etc/geod/config.toml)")
     parser = argparse.ArgumentParser(
         prog="geod", parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps --version's two lines
         description="Fill NULL-country rows of an IP geolocation cache through ip-api.com.",
     )
-    parser.add_argument("--version", action="version", version=f"geod {__version__}")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="show the version and what it runs on, then exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
     commands.add_parser("once", parents=[common], help="run one pass, print its summary, exit")
@@ -47,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="print nothing when all is well (systemctl reload runs this)")
     status = commands.add_parser("status", parents=[common], help="show the table's state")
     status.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    install = commands.add_parser(
+        "install-files", parents=[common],
+        help="put the unit, sysusers file, config (if none) and man pages in place",
+    )
+    install.add_argument("--root", metavar="DIR", default="/",
+                         help="install under DIR instead of / (packaging, tests)")
     demo = commands.add_parser("demo", parents=[common],
                                help="resolve a demo table offline and show it before and after")
     demo.add_argument("--dir", default=DEFAULT_DIR,
@@ -55,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return _command(args)
     except GeodError as error:
@@ -68,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "install-files":  # needs no config: it may be installing the first one
+        install_files(Path(args.root), sys.stdout)
+        return EXIT_OK
     if args.command == "demo":  # brings its own config; --config is ignored
         logs.configure("warning", "auto", sys.stderr)
         run_demo(args.dir, sys.stdout)
@@ -93,6 +112,7 @@ async def _run(config: Config) -> int:
     def relog(new: Config) -> None:
         logs.configure(new.log.level, new.log.format, sys.stdout)
 
+    log.info("geod_starting", **versions(), config=config.source)
     await systemd.run(config, on_reload=relog)  # the daemon plus sd_notify and metrics
     return EXIT_OK
 

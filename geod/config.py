@@ -58,7 +58,7 @@ class ColumnsConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    path: str = setting("geo.db", nonempty=True)
+    path: str = setting("geo.db", nonempty=True)  # the shipped config says /var/lib/geod/geo.db
     table: str = setting("geo_cache", identifier=True, nonempty=True)
     create: bool = setting(True)
     busy_timeout: float = setting(30.0, low=0, high=3600)

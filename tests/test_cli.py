@@ -61,10 +61,10 @@ def check_config(argv: list[str], capsys: Capsys) -> tuple[int, dict[str, object
 
 
 def test_version() -> None:
-    """`geod --version` prints `geod 0.1.0` on stdout and exits 0."""
+    """`geod --version` prints `geod 0.1.0` first on stdout and exits 0 (details: test_package)."""
     result = run_geod("--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "geod 0.1.0\n"
+    assert result.stdout.splitlines()[0] == "geod 0.1.0"
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
@@ -241,7 +241,7 @@ def test_missing_table_exit_code_of_real_run(tmp_path: Path, make_db: MakeDb) ->
     path = _no_table(tmp_path, make_db)
     result = run_geod("--config", str(path), "run")
     _assert_config_error(result.returncode, result.stderr, path, ": [database] table: ")
-    assert result.stdout == ""
+    assert _events(result.stdout) == ["geod_starting"]  # versions first, then nothing
 
 
 # -- database cannot be opened: exit 1 ---------------------------------------------------------
@@ -292,7 +292,11 @@ def test_unopenable_database_exits_1_with_one_line(
         assert code == 1, err
         assert "Traceback" not in err, err
         assert err.splitlines() == [expected]
-        assert out == ""
+        assert _events(out) == (["geod_starting"] if command == "run" else [])
+
+
+def _events(stdout: str) -> list[str]:
+    return [json.loads(line)["event"] for line in stdout.splitlines()]
 
 
 def test_failed_open_finishes_sqlite_worker_before_exit(

@@ -6,12 +6,16 @@ them), so the tests check its output, not only its exit code.
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from geod.install import install_files
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "geod.service"
@@ -43,9 +47,14 @@ def _verify_root(tmp_path: Path, unit_text: str) -> Path:
 
 
 def _verify(root: Path) -> subprocess.CompletedProcess[str]:
+    # verify runs `man` for each Documentation=man: page: point it at the pages that
+    # `geod install-files` puts in place, so a missing or misnamed page is a failure here.
+    install_files(root / "pages", io.StringIO())
+    manpath = root / "pages/usr/local/share/man"
     return subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", "geod.service"],
         capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "MANPATH": str(manpath)},
     )  # fmt: skip
 
 
@@ -86,9 +95,11 @@ def test_unit_has_the_service_contract() -> None:
         "Type=notify",
         "NotifyAccess=main",
         "ExecStart=/opt/geod/bin/geod run --config /etc/geod/config.toml",
+        "ExecReload=/opt/geod/bin/geod check-config --quiet --config /etc/geod/config.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
-        "RestartPreventExitStatus=78",
+        "RestartPreventExitStatus=77 78",
+        "Documentation=man:geod(8) man:geod.toml(5)",
         "TimeoutStopSec=10s",
         "User=geod",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
