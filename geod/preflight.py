@@ -66,16 +66,17 @@ def unit_identity(unit: str = "geod.service") -> Identity | None:
     try:
         # A fixed argument list, no shell; systemctl is found on PATH like any admin tool.
         result = subprocess.run(  # noqa: S603
-            ["systemctl", "show", "--property=User", "--property=Group", "--value", unit],  # noqa: S607
+            ["systemctl", "show", "--property=User", "--property=Group", unit],  # noqa: S607
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    lines = result.stdout.splitlines()
-    if result.returncode != 0 or len(lines) < 2 or not lines[0]:
+    found = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    user, group = found.get("User", ""), found.get("Group", "")
+    if result.returncode != 0 or not user:
         return None
     try:
-        return Identity.lookup(f"{lines[0]}:{lines[1]}" if lines[1] else lines[0])
+        return Identity.lookup(f"{user}:{group}" if group else user)
     except GeodError:
         return None
 
@@ -213,6 +214,9 @@ def _fix(path: Path, info: os.stat_result, who: Identity, database: Path) -> str
         return (f"{path} is on a read-only file system (under the unit: ProtectSystem=strict); "
                 f"put the database under {STATE_DIRECTORY} or add ReadWritePaths={directory}")
     is_dir = stat.S_ISDIR(info.st_mode)
+    if info.st_uid == 0 and info.st_gid == 0:  # a system folder (/etc/geod): never Group=root
+        return (f"put the database where geod may write: under {STATE_DIRECTORY} (the unit's "
+                f"StateDirectory=), or in the app's folder with Group= and ReadWritePaths=")
     # The companions get the database's mode when SQLite creates them: fix all of them at once.
     target, bits = (str(path), "wx") if is_dir else (f"{database}*", "rw")
     if info.st_uid == who.uid:

@@ -93,8 +93,11 @@ def test_config_dir_is_not_the_databases_place(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     etc.mkdir()
     etc.chmod(0o755)
-    with pytest.raises(PermissionProblem, match=r"may not write and enter .*mode 0755"):
+    os.chown(etc, 0, 0)
+    with pytest.raises(PermissionProblem) as caught:
         check_access(str(etc / "geo.db"), NOBODY)
+    assert f"may not write and enter {etc} (owner root:root, mode 0755); fix: put the database " \
+        "where geod may write: under /var/lib/geod" in str(caught.value)
 
 
 def test_a_new_database_is_private_whatever_the_umask(tmp_path: Path) -> None:

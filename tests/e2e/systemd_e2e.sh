@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# geod under a real systemd: boot a Debian 12 container with systemd as its PID 1, install geod
-# and systemd/geod.service the way the README says, and drive it the way users do (systemctl
-# start / status / reload / stop, journalctl -p warning), next to an app-owned database.
+# geod under a real systemd: boot a Debian 12 container with systemd as its PID 1 and run the
+# README's own shell blocks in it, taken from README.md at run time (each follows an
+# `<!-- e2e: NAME -->` line), for both deployments: install, geod's own database, next to a
+# running app's WAL database, upgrade, uninstall. Between them it provokes each failure the
+# README's old text led to and checks that `journalctl -u geod -p err` names the cause.
+# The one test-only change to the operator's path: ip-api.com is a local fake (no network).
 #
 # Needs root, debootstrap and systemd-nspawn (installed with apt-get when missing). The pristine
 # root file system is cached in $GEOD_E2E_CACHE (default /var/cache/geod-e2e) and built when
@@ -73,8 +76,15 @@ mkdir -p "$PAYLOAD/wheels"
 say "building wheels on the host (the container has no network)"
 "$PYTHON" -m pip wheel -q -w "$PAYLOAD/wheels" "$REPO" >"$WORK/wheel.log" 2>&1 \
     || fail "pip wheel failed: $(tail -5 "$WORK/wheel.log")"
-cp "$REPO/systemd/geod.service" "$REPO/systemd/geod.sysusers" "$REPO/tests/fake_ipapi.py" \
-    "$PAYLOAD/"
+# `pip install .` from the checkout builds geod in the container: it needs setuptools offline.
+"$PYTHON" -m pip download -q -d "$PAYLOAD/wheels" "setuptools>=68" wheel >>"$WORK/wheel.log" 2>&1 \
+    || fail "pip download setuptools failed: $(tail -5 "$WORK/wheel.log")"
+# The checkout the README's blocks run in (what `git clone` would give, plus uncommitted edits).
+mkdir -p "$PAYLOAD/src"
+tar -C "$REPO" --exclude=./.venv --exclude=./.git --exclude='*.egg-info' --exclude=./build \
+    --exclude=__pycache__ --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.hypothesis \
+    --exclude=./.pytest_cache -cf - . | tar -C "$PAYLOAD/src" -xf -
+cp "$REPO/tests/fake_ipapi.py" "$PAYLOAD/"
 
 # -- boot ---------------------------------------------------------------------------------------
 
@@ -140,51 +150,29 @@ case "$state" in
     *) fail "container did not boot: '$state'; $(tail -5 "$WORK/nspawn.log")" ;;
 esac
 
-# -- install, as the README says ------------------------------------------------------------------
+# -- the README's blocks -------------------------------------------------------------------------
 
-c sh -ec '
-    python3 -m venv /opt/geod
-    /opt/geod/bin/pip install -q --no-index --find-links /payload/wheels geod
-    install -m 0644 /payload/geod.sysusers /usr/lib/sysusers.d/geod.conf
-    printf "u app - \"the app\" /var/lib/app\n" >/usr/lib/sysusers.d/app.conf
-    systemd-sysusers
-    install -m 0644 /payload/geod.service /etc/systemd/system/geod.service
-'
-ok "geod installed from wheels with pip --no-index; users geod and app created"
-
-# The app owns its database and its directory; group app may write both.
-c sh -ec '
-    install -d -o app -g app -m 0770 /var/lib/app
-    runuser -u app -- sh -c "umask 007; /opt/geod/bin/python -c \"
-import sqlite3
-db = sqlite3.connect(\\\"/var/lib/app/geo.db\\\")
-db.execute(\\\"PRAGMA journal_mode=WAL\\\")
-db.execute(\\\"CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, asn TEXT, org TEXT, cached_at TEXT)\\\")
-db.executemany(\\\"INSERT INTO geo_cache (ip) VALUES (?)\\\", [(\\\"8.8.8.8\\\",), (\\\"1.1.1.1\\\",)])
-db.commit()
-\""
-    chmod 0660 /var/lib/app/geo.db  # SQLite creates 0644 files: the group needs g+w
-'
-ok "app database /var/lib/app/geo.db owned by app:app, mode 0660, WAL mode"
-
-c systemd-run --quiet --unit=fake-ipapi --property=User=nobody \
-    /opt/geod/bin/python /payload/fake_ipapi.py --port "$FAKE_PORT" --limit 1 --window "$WINDOW" \
-    --log /tmp/fake-ipapi.jsonl
-
-write_config() {  # $1 = database path, $2 = more [ipapi] lines
-    local more=${2:-}
-    c sh -ec "mkdir -p /etc/geod; cat >/etc/geod/config.toml" <<EOF
-[daemon]
-interval = 3600
-[database]
-path = "$1"
-create = false
-[ipapi]
-url = "http://127.0.0.1:$FAKE_PORT/batch"
-batch_size = 1
-timeout = 5
-$more
-EOF
+block() {  # the ```sh block after the line `<!-- e2e: $1 -->` in README.md
+    awk -v marker="<!-- e2e: $1 -->" '
+        $0 == marker {found = 1; next}
+        found && /^```sh$/ {inside = 1; next}
+        inside && /^```$/ {exit}
+        inside {print}
+    ' "$REPO/README.md"
+}
+TIMINGS=""
+readme() {  # run README block $1 verbatim, as root, in the checkout; pip finds the wheels offline
+    local text t0 ms
+    text=$(block "$1")
+    [ -n "$text" ] || fail "README.md has no block marked '<!-- e2e: $1 -->'"
+    say "README block '$1':"
+    printf '%s\n' "$text" | sed 's/^/e2e:   | /'
+    t0=$(date +%s%N)
+    c env PIP_NO_INDEX=1 PIP_FIND_LINKS=/payload/wheels sh -ec "cd /root/geod
+$text" >"$WORK/block-$1.log" 2>&1 || fail "README block '$1' failed: $(tail -20 "$WORK/block-$1.log")"
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    TIMINGS="$TIMINGS $1=${ms}ms"
+    sed 's/^/e2e:   > /' "$WORK/block-$1.log" | head -15
 }
 
 prop() { c systemctl show -p "$1" --value geod; }
@@ -197,113 +185,181 @@ wait_status() {  # $1 = text the StatusText must contain, $2 = seconds
     done
     fail "StatusText never contained '$1' (last: '$text'); $(c journalctl -u geod -n 20 --no-pager)"
 }
+err_log() { c journalctl -u geod -p err --no-pager -o cat; }
+resolved_rows() {  # $1 = database
+    c /usr/bin/python3 -c "
+import sqlite3
+db = sqlite3.connect('file:$1?mode=ro', uri=True)
+print(db.execute('SELECT COUNT(*) FROM geo_cache WHERE country_code IS NOT NULL').fetchone()[0])
+"
+}
+requests_seen() { c sh -c 'wc -l </tmp/fake-ipapi.jsonl 2>/dev/null || echo 0'; }
+failed_start() {  # $1 = expected exit status; geod must end failed, not in a restart loop
+    if c systemctl start geod 2>/dev/null; then fail "geod started: $(c journalctl -u geod -n 5 --no-pager)"; fi
+    sleep 6  # RestartSec=5s: a restart would have happened by now
+    [ "$(prop ExecMainStatus)" = "$1" ] || fail "exit status $(prop ExecMainStatus), wanted $1"
+    [ "$(prop NRestarts)" = 0 ] || fail "restarted $(prop NRestarts) times"
+    [ "$(prop ActiveState)" = failed ] || fail "state $(prop ActiveState)"
+}
 
-# -- a database geod cannot open: never ready, so never active ----------------------------------
+c sh -ec 'cp -a /payload/src /root/geod'
+readme install
+c /opt/geod/bin/geod --version | grep -q '^geod [0-9]' || fail "geod --version"
+c /opt/geod/bin/geod --version | grep -q 'SQLite .*aiohttp .*rir data' || fail "geod --version details"
+for f in /etc/systemd/system/geod.service /usr/lib/sysusers.d/geod.conf /etc/geod/config.toml \
+    /usr/local/share/man/man8/geod.8 /usr/local/share/man/man5/geod.toml.5; do
+    c test -f "$f" || fail "install-files did not install $f"
+done
+prop Documentation | grep -q 'man:geod(8)' || fail "no Documentation=man:geod(8): $(prop Documentation)"
+c id geod >/dev/null || fail "no geod user"
+ok "README 'install': pip install . offline, install-files, sysusers; --version, man pages, Documentation="
 
-write_config /var/lib/app/missing/geo.db
-c systemctl daemon-reload
-if c systemctl start geod 2>/dev/null; then fail "geod became active without a database"; fi
-[ "$(prop ActiveState)" != active ] || fail "geod active without a database"
-c journalctl -u geod --no-pager | grep -q "opening database /var/lib/app/missing/geo.db" \
-    || fail "no 'opening database' error in the journal"
-c systemctl stop geod; c systemctl reset-failed geod 2>/dev/null || true
-ok "without an openable database geod never becomes active (no READY)"
+# The one test-only change: ip-api.com is the fake on this host (the container has no network).
+c sh -ec "sed -i 's|^# url = .*|url = \"http://127.0.0.1:$FAKE_PORT/batch\"|' /etc/geod/config.toml"
+c systemd-run --quiet --unit=fake-ipapi --property=User=nobody \
+    /opt/geod/bin/python /payload/fake_ipapi.py --port "$FAKE_PORT" --limit 1 --window "$WINDOW" \
+    --log /tmp/fake-ipapi.jsonl
+c cp /etc/geod/config.toml /root/config.good
 
-# -- the documented deployment: next to the app's database ---------------------------------------
+# -- defect 3 / finding 26: root's `geod status` creates nothing --------------------------------
 
-# The pro key stays out of the world-readable config: a root-only file that systemd hands to
-# the service as a credential, read through key_file.
-KEY=e2e-pro-key-0123456789
-KEY_FILE='key_file = "$CREDENTIALS_DIRECTORY/ipapi-key"'
-c sh -ec "umask 077; printf '%s\n' $KEY >/etc/geod/ipapi.key"
-write_config /var/lib/app/geo.db "$KEY_FILE"
-c sh -ec 'mkdir -p /etc/systemd/system/geod.service.d
-    printf "[Service]\nGroup=app\nReadWritePaths=/var/lib/app\n" \
-        >/etc/systemd/system/geod.service.d/app.conf
-    printf "[Service]\nLoadCredential=ipapi-key:/etc/geod/ipapi.key\n" \
-        >/etc/systemd/system/geod.service.d/key.conf'
-if c runuser -u geod -- cat /etc/geod/ipapi.key >/dev/null 2>&1; then
-    fail "the geod user can read the key file directly"
-fi
-c systemctl daemon-reload
-t0=$(date +%s%N)
-c systemctl start geod  # Type=notify: returns once geod has sent READY=1
-[ "$(prop ActiveState)" = active ] || fail "not active after start: $(prop ActiveState)"
-[ -n "$(prop StatusText)" ] || fail "active but no STATUS= seen"
-ok "systemctl start geod: active once READY=1 came ($(( ($(date +%s%N) - t0) / 1000000 )) ms)"
+if c /opt/geod/bin/geod status >/dev/null 2>&1; then fail "status succeeded without a database"; fi
+c test ! -e /var/lib/geod/geo.db || fail "geod status created /var/lib/geod/geo.db"
+ok "geod status as root before the first start: an error, and no database created"
 
-wait_status "waiting" 20
-c stat -c '%U:%G %a %n' /var/lib/app/geo.db-shm /var/lib/app/geo.db-wal
-[ "$(c stat -c %G /var/lib/app/geo.db-shm)" = app ] || fail "-shm not in group app"
-# While geod holds the database (its -wal/-shm), the app must still be able to write.
-c runuser -u app -- /opt/geod/bin/python -c '
+# -- defect 1: the old shipped path (geo.db beside the config, /etc/geod, read-only) ------------
+
+c sed -i 's|^path = .*|path = "geo.db"|' /etc/geod/config.toml
+if c /opt/geod/bin/geod check-config --quiet 2>"$WORK/cc.txt"; then fail "check-config passed"; fi
+grep -q '/etc/geod' "$WORK/cc.txt" || fail "check-config did not name /etc/geod: $(cat "$WORK/cc.txt")"
+failed_start 77
+err_log | grep -q '^geod: user geod .*/etc/geod .*fix: .*under /var/lib/geod' \
+    || fail "journalctl -p err does not name the cause: $(err_log)"
+ok "relative path: check-config and start refuse (77, no restart loop); -p err: $(err_log | grep '^geod:' | tail -1 | cut -c1-150)"
+c cp /root/config.good /etc/geod/config.toml
+c systemctl reset-failed geod
+
+# -- deployment 1: geod's own database, README verbatim -----------------------------------------
+
+readme own-database
+[ "$(prop ActiveState)" = active ] || fail "not active: $(prop ActiveState)"
+wait_status "nothing to resolve" 20
+[ "$(c stat -c '%U:%G %a' /var/lib/geod/geo.db)" = "geod:geod 600" ] \
+    || fail "own database: $(c stat -c '%U:%G %a' /var/lib/geod/geo.db)"
+ok "README 'own-database': active; /var/lib/geod/geo.db created geod:geod 0600"
+
+c runuser -u geod -- /usr/bin/python3 -c '
+import sqlite3
+db = sqlite3.connect("/var/lib/geod/geo.db")
+db.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [("8.8.8.8",), ("1.1.1.1",)])
+db.commit()
+'
+c systemctl reload geod
+wait_status "2/2 resolved" 30
+[ "$(resolved_rows /var/lib/geod/geo.db)" = 2 ] || fail "own database: rows not resolved"
+journal=$(c journalctl -u geod --no-pager -o cat)
+printf '%s\n' "$journal" | grep -q '^geod_starting version=[0-9.]* python=.* sqlite=.* aiohttp=' \
+    || fail "no versions at start-up: $journal"
+printf '%s\n' "$journal" | grep -qE '^geo_re_resolve_start .*providers=ip-api( |$)' \
+    || fail "providers not a plain list: $(printf '%s\n' "$journal" | grep resolve_start)"
+printf '%s\n' "$journal" | grep -q 'resolved_by=ip-api:2' \
+    || fail "resolved_by not key:value: $(printf '%s\n' "$journal" | grep resolve_complete)"
+ok "own database: rows resolved after reload ($(prop StatusText)); versions logged; values plain"
+
+# -- defect 5: reload with an invalid config fails, geod keeps the old one ------------------------
+
+c sed -i 's/^interval = 600/interval = -1/' /etc/geod/config.toml
+if c systemctl reload geod 2>/dev/null; then fail "reload of an invalid config succeeded"; fi
+[ "$(prop ActiveState)" = active ] || fail "an invalid config on reload stopped geod"
+err_log | grep -q 'interval' || fail "journalctl -p err does not name the bad key: $(err_log)"
+c cp /root/config.good /etc/geod/config.toml
+c systemctl reload geod || fail "reload of the good config failed"
+ok "reload with an invalid config fails (geod stays active); -p err: $(err_log | grep interval | tail -1 | cut -c1-120)"
+
+c systemctl stop geod
+[ "$(prop Result)" = success ] && [ "$(prop ExecMainStatus)" = 0 ] \
+    || fail "stop: result $(prop Result), status $(prop ExecMainStatus)"
+c journalctl -u geod --no-pager -o cat | grep -q '^shutdown passes=' || fail "no shutdown event"
+ok "systemctl stop geod: clean, exit 0"
+
+# -- deployment 2: next to a running app's WAL database -----------------------------------------
+
+# The app: its own user, a database it created with the usual umask (0644 files), in WAL mode,
+# and still running (its open connection keeps geo.db-wal and geo.db-shm in place).
+c sh -ec 'printf "u app - \"the app\" /var/lib/app\n" >/usr/lib/sysusers.d/app.conf; systemd-sysusers
+    install -d -o app -g app -m 0755 /var/lib/app'
+c systemd-run --quiet --unit=app --property=User=app --property=Group=app /usr/bin/python3 -c '
+import sqlite3, time
+db = sqlite3.connect("/var/lib/app/geo.db")
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, asn TEXT, org TEXT, cached_at TEXT)")
+db.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [("9.9.9.9",), ("4.4.4.4",)])
+db.commit()
+while True:
+    db.execute("SELECT COUNT(*) FROM geo_cache").fetchone()
+    time.sleep(1)
+'
+for _ in $(seq 50); do c test -e /var/lib/app/geo.db-wal && break; sleep 0.1; done
+modes=$(c stat -c '%n %U:%G %a' /var/lib/app/geo.db /var/lib/app/geo.db-wal /var/lib/app/geo.db-shm)
+ok "a running app: $(printf '%s' "$modes" | tr '\n' ';')"
+
+readme app-config
+
+# Defect 2: the README's old chmod left the app's -wal/-shm at 0644.
+c chmod g+w /var/lib/app /var/lib/app/geo.db
+before=$(requests_seen)
+if c /opt/geod/bin/geod check-config --quiet 2>"$WORK/cc.txt"; then fail "check-config passed"; fi
+grep -q 'geo.db-wal.*chmod g+rw /var/lib/app/geo.db\*' "$WORK/cc.txt" \
+    || fail "check-config (as root, for geod:app) did not name the -wal: $(cat "$WORK/cc.txt")"
+failed_start 77
+err_log | grep -q '^geod: user geod .*may not read and write /var/lib/app/geo.db-wal.*mode 0644.*fix: chmod g+rw /var/lib/app/geo.db\*' \
+    || fail "journalctl -p err does not name the -wal and the fix: $(err_log)"
+[ "$(requests_seen)" = "$before" ] || fail "an ip-api request was spent before the failure"
+ok "-wal left 0644: check-config and start refuse (77, no request spent); -p err: $(err_log | grep '^geod:' | tail -1 | cut -c1-160)"
+c systemctl reset-failed geod
+
+readme app-permissions
+readme app-start
+[ "$(prop ActiveState)" = active ] || fail "not active: $(prop ActiveState)"
+wait_status "last pass" 30
+[ "$(resolved_rows /var/lib/app/geo.db)" -ge 2 ] || fail "app database: rows not resolved"
+[ "$(c stat -c %U:%G /var/lib/app/geo.db)" = app:app ] || fail "the database changed owner"
+c runuser -u app -- /usr/bin/python3 -c '
 import sqlite3
 db = sqlite3.connect("/var/lib/app/geo.db")
-db.execute("INSERT INTO geo_cache (ip) VALUES (?)", ("9.9.9.9",))
+db.execute("INSERT INTO geo_cache (ip) VALUES (?)", ("8.8.4.4",))
 db.commit()
 ' || fail "the app cannot write its database while geod has it open"
-ok "hardened geod (Group=app, ReadWritePaths=) shares the WAL database with the app"
+ok "README 'app-permissions' + 'app-start': rows resolved in the app's database ($(prop StatusText)); the app still writes"
 
+[ "$(prop WatchdogUSec)" = 30s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
+[ "$(prop WatchdogTimestampMonotonic)" -gt 0 ] || fail "no WATCHDOG=1 seen"
 c systemctl status geod --no-pager >"$WORK/status.txt" || true
-grep -E '^ +Status: "' "$WORK/status.txt" \
-    || fail "systemctl status shows no Status: line: $(cat "$WORK/status.txt")"
-ok "systemctl status geod shows the STATUS= line"
+grep -qE '^ +Status: "' "$WORK/status.txt" || fail "no Status: line: $(cat "$WORK/status.txt")"
+ok "watchdog armed and pinged; systemctl status shows the STATUS= line"
 
-wait_status "last pass" 30
-resolved=$(c /opt/geod/bin/python -c '
+# -- a pro key through LoadCredential= (README "Keeping an ip-api pro key out of the config") ----
+
+KEY=e2e-pro-key-0123456789
+c sh -ec "umask 077; printf '%s\n' $KEY >/etc/geod/ipapi.key
+    printf '[Service]\nLoadCredential=ipapi-key:/etc/geod/ipapi.key\n' >/etc/systemd/system/geod.service.d/key.conf
+    sed -i 's|^key_file = .*|key_file = \"\$CREDENTIALS_DIRECTORY/ipapi-key\"|' /etc/geod/config.toml"
+c systemctl daemon-reload
+c systemctl restart geod
+c runuser -u app -- /usr/bin/python3 -c '
 import sqlite3
-db = sqlite3.connect("file:/var/lib/app/geo.db?mode=ro", uri=True)
-print(db.execute("SELECT COUNT(*) FROM geo_cache WHERE country_code IS NOT NULL").fetchone()[0])
-')
-[ "$resolved" -ge 2 ] || fail "only $resolved rows resolved"
-[ "$(c stat -c %U /var/lib/app/geo.db)" = app ] || fail "the database changed owner"
-ok "first pass wrote the app's database ($resolved rows): $(prop StatusText)"
-
+db = sqlite3.connect("/var/lib/app/geo.db")
+db.execute("INSERT INTO geo_cache (ip) VALUES (?)", ("1.0.0.1",))
+db.commit()
+'
+c systemctl reload geod
+for _ in $(seq 300); do c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl && break; sleep 0.1; done
 c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl || fail "the key did not reach ip-api"
 if c journalctl --no-pager | grep -q "$KEY"; then fail "the key is in the journal"; fi
 ok "pro key from LoadCredential= + key_file reached ip-api, and never the journal"
 
-[ "$(prop WatchdogUSec)" = 30s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
-[ "$(prop WatchdogTimestampMonotonic)" -gt 0 ] || fail "no WATCHDOG=1 seen"
-ok "watchdog armed (WatchdogSec=30s) and pinged"
+# -- priorities: the journal's PRIORITY fields ---------------------------------------------------
 
-# -- reload: a pass runs (252's reload returns before geod handles SIGHUP, so poll) -------------
-
-before=$(prop StatusText)
-c runuser -u app -- /opt/geod/bin/python -c '
-import sqlite3
-db = sqlite3.connect("/var/lib/app/geo.db")
-db.execute("INSERT INTO geo_cache (ip) VALUES (?)", ("4.4.4.4",))
-db.commit()
-'
-c systemctl reload geod
-for _ in $(seq 300); do
-    now=$(prop StatusText)
-    case "$now" in "last pass"*"resolved"*) [ "$now" != "$before" ] && break ;; esac
-    sleep 0.1
-done
-case "$now" in "last pass"*"resolved"*) ;; *) fail "no pass after reload: '$now'" ;; esac
-[ "$now" != "$before" ] || fail "no new pass after reload: '$now'"
-[ "$(prop ActiveState)" = active ] || fail "not active after reload"
-ok "systemctl reload geod ran a pass: $now"
-
-# -- journal: priorities from the <N> prefixes ---------------------------------------------------
-
-c sh -c 'printf "[daemon]\ninterval = -1\n" >/etc/geod/config.toml'  # an invalid config
-c systemctl reload geod
-# geod handles the HUP after any pass still running, so allow for a slow pass on a busy machine.
-for _ in $(seq 600); do
-    c journalctl -u geod --no-pager -o cat | grep -q '^config_reload_failed' && break
-    sleep 0.1
-done
-warnings=$(c journalctl -u geod -p warning --no-pager -o cat)
-printf '%s\n' "$warnings" | grep -q '^config_reload_failed reason=' \
-    || fail "config_reload_failed not at warning or above: $warnings"
-if printf '%s\n' "$warnings" | grep -qE '^(geo_re_resolve_complete|config_reloaded|rate_limit_wait)'; then
-    fail "info events under -p warning: $warnings"
-fi
-c journalctl -u geod -p info --no-pager -o cat | grep -q '^geo_re_resolve_complete retried=' \
-    || fail "no geo_re_resolve_complete line at info"
 c journalctl -u geod --no-pager -o json | "$PYTHON" -c '
 import json, sys
 ours = [e for e in map(json.loads, sys.stdin) if e.get("SYSLOG_IDENTIFIER") == "geod"]
@@ -312,39 +368,29 @@ for entry in ours:
     event = entry["MESSAGE"].split(" ", 1)[0]
     levels.setdefault(event, set()).add(entry["PRIORITY"])
     assert not entry["MESSAGE"][:1].isdigit(), entry["MESSAGE"]  # no timestamp of our own
-assert levels["config_reload_failed"] == {"3"}, levels
+assert levels["geod:"] == {"3"}, levels  # every fatal reason (start-up, refused reload) at err
 assert levels["geo_re_resolve_complete"] == {"6"}, levels
+assert levels["geod_starting"] == {"6"}, levels
 ' || fail "journal entries have the wrong priorities"
-[ "$(prop ActiveState)" = active ] || fail "an invalid config on reload stopped geod"
-ok "journalctl -u geod -p warning shows only warnings and errors"
+if err_log | grep -qE '^(geo_re_resolve_complete|config_reloaded|geod_starting)'; then
+    fail "info events under -p err: $(err_log)"
+fi
+ok "journalctl -p err holds only the reasons; passes at info"
 
-# -- stop: clean, exit 0 -------------------------------------------------------------------------
+# -- upgrade and uninstall, README verbatim --------------------------------------------------------
 
-write_config /var/lib/app/geo.db "$KEY_FILE"
-c systemctl stop geod
-[ "$(prop ActiveState)" = inactive ] || fail "after stop: $(prop ActiveState)"
-[ "$(prop ExecMainStatus)" = 0 ] || fail "exit status $(prop ExecMainStatus)"
-[ "$(prop Result)" = success ] || fail "result $(prop Result)"
-c journalctl -u geod --no-pager -o cat | grep -q '^shutdown passes=' || fail "no shutdown event"
-ok "systemctl stop geod: clean, exit 0"
+starts=$(c journalctl -u geod --no-pager -o cat | grep -c '^geod_starting')
+readme upgrade
+[ "$(prop ActiveState)" = active ] || fail "not active after the upgrade"
+[ "$(c journalctl -u geod --no-pager -o cat | grep -c '^geod_starting')" -gt "$starts" ] \
+    || fail "no new start after the upgrade"
+c grep -q '^path = "/var/lib/app/geo.db"' /etc/geod/config.toml || fail "the upgrade lost the config"
+ok "README 'upgrade': reinstalled, restarted, config kept"
 
-# -- the other deployment: geod's own database in its StateDirectory= ----------------------------
+readme uninstall
+if c systemctl cat geod >/dev/null 2>&1; then fail "the unit is still there"; fi
+c test ! -e /opt/geod || fail "/opt/geod still there"
+ok "README 'uninstall': unit, venv, sysusers file and man pages gone"
 
-c rm /etc/systemd/system/geod.service.d/app.conf
-c sh -ec "cat >/etc/geod/config.toml" <<EOF
-[database]
-path = "/var/lib/geod/geo.db"
-[ipapi]
-url = "http://127.0.0.1:$FAKE_PORT/batch"
-$KEY_FILE
-EOF
-c systemctl daemon-reload
-c systemctl start geod
-wait_status "nothing to resolve" 20
-[ "$(c stat -c '%U:%G %a' /var/lib/geod/geo.db)" = "geod:geod 600" ] \
-    || fail "own database: $(c stat -c '%U:%G %a' /var/lib/geod/geo.db)"
-c systemctl stop geod
-[ "$(prop Result)" = success ] || fail "result $(prop Result)"
-ok "own database: /var/lib/geod/geo.db created geod:geod 0600 (StateDirectory=, UMask=)"
-
+say "README blocks:$TIMINGS"
 say "$checks checks passed in $(($(date +%s) - started)) s"
