@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "unit's User= and Group=)")
     check.add_argument("--quiet", "-q", action="store_true",
                        help="print nothing when all is well (systemctl reload runs this)")
+    check.add_argument("--no-key-file", action="store_true",
+                       help="do not read [ipapi] key_file (systemctl reload: a LoadCredential= "
+                            "key is fixed when the service starts)")
     status = commands.add_parser("status", parents=[common], help="show the table's state")
     status.add_argument("--json", action="store_true", help="one JSON object, for machines")
     install = commands.add_parser(
@@ -91,7 +94,8 @@ def _command(args: argparse.Namespace) -> int:
         logs.configure("warning", "auto", sys.stderr)
         run_demo(args.dir, sys.stdout)
         return EXIT_OK
-    config = load_config(config_path(getattr(args, "config", None)))
+    skip_key = args.command == "check-config" and args.no_key_file
+    config = load_config(config_path(getattr(args, "config", None)), read_key_file=not skip_key)
     stream = sys.stdout if args.command == "run" else sys.stderr
     logs.configure(config.log.level, config.log.format, stream)
     if args.command == "check-config":

@@ -143,8 +143,13 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] = os.environ) -> Config:
+def load_config(
+    path: Path | str, environ: Mapping[str, str] = os.environ, *, read_key_file: bool = True
+) -> Config:
     """Read, validate and complete the config at `path` (and the key file it names).
+
+    `read_key_file=False` leaves `ipapi.key_file` unread (`check-config --no-key-file`, which
+    `systemctl reload` runs: a LoadCredential= key is fixed at start and unreadable to it).
 
     Raises:
         ConfigError: the file is missing, unreadable, not TOML, or any value is invalid.
@@ -160,7 +165,9 @@ def load_config(path: Path | str, environ: Mapping[str, str] = os.environ) -> Co
         raise ConfigError(file, "", f"invalid TOML: {error}") from None
     config = build(Config, raw, "", file)
     _check_relations(config, file)
-    return _derive(_read_key_file(config, Path(path), environ), Path(path))
+    if read_key_file:
+        config = _read_key_file(config, Path(path), environ)
+    return _derive(config, Path(path))
 
 
 def _check_relations(config: Config, file: str) -> None:

@@ -466,3 +466,19 @@ def test_status_text(status_db: Path, tmp_path: Path) -> None:
     assert re.search(r"^unresolvable\s+2\b", out, re.M), out
     assert re.search(r"^top countries\s+US 2, DE 1$", out, re.M), out
     assert result.stderr == ""
+
+
+def test_check_config_for_reload_leaves_the_key_file_unread(tmp_path: Path) -> None:
+    """Defect 5: `check-config --quiet --no-key-file` (the unit's ExecReload=) validates the
+    config without the credential only the main process can read; a bad config still fails."""
+    db = tmp_path / "geo.db"
+    sqlite3.connect(db).close()
+    path = write_geod_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
+    path.write_text(path.read_text().replace(
+        "[ipapi]\n", '[ipapi]\nkey_file = "$CREDENTIALS_DIRECTORY/ipapi-key"\n'))
+    assert run_geod("--config", str(path), "check-config", "--quiet").returncode == 78
+    quiet = run_geod("--config", str(path), "check-config", "--quiet", "--no-key-file")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    path.write_text(path.read_text() + "[daemon]\n")  # a second [daemon] table: invalid TOML
+    bad = run_geod("--config", str(path), "check-config", "--quiet", "--no-key-file")
+    assert bad.returncode == 78 and bad.stderr.startswith(f"geod: {path}: invalid TOML"), bad.stderr

@@ -95,7 +95,8 @@ def test_unit_has_the_service_contract() -> None:
         "Type=notify",
         "NotifyAccess=main",
         "ExecStart=/opt/geod/bin/geod run --config /etc/geod/config.toml",
-        "ExecReload=/opt/geod/bin/geod check-config --quiet --config /etc/geod/config.toml",
+        "ExecReload=/opt/geod/bin/geod check-config --quiet --no-key-file "
+        "--config /etc/geod/config.toml",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RestartPreventExitStatus=77 78",

@@ -345,14 +345,14 @@ c sh -ec "umask 077; printf '%s\n' $KEY >/etc/geod/ipapi.key
     printf '[Service]\nLoadCredential=ipapi-key:/etc/geod/ipapi.key\n' >/etc/systemd/system/geod.service.d/key.conf
     sed -i 's|^key_file = .*|key_file = \"\$CREDENTIALS_DIRECTORY/ipapi-key\"|' /etc/geod/config.toml"
 c systemctl daemon-reload
-c systemctl restart geod
+c systemctl restart geod || fail "restart with the key: $(c journalctl -u geod -n 8 --no-pager -o cat)"
 c runuser -u app -- /usr/bin/python3 -c '
 import sqlite3
 db = sqlite3.connect("/var/lib/app/geo.db")
 db.execute("INSERT INTO geo_cache (ip) VALUES (?)", ("1.0.0.1",))
 db.commit()
 '
-c systemctl reload geod
+c systemctl reload geod || fail "reload with the key: $(c journalctl -u geod -n 8 --no-pager -o cat)"
 for _ in $(seq 300); do c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl && break; sleep 0.1; done
 c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl || fail "the key did not reach ip-api"
 if c journalctl --no-pager | grep -q "$KEY"; then fail "the key is in the journal"; fi
