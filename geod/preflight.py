@@ -25,7 +25,7 @@ from geod.errors import GeodError, PermissionProblem, StoreError
 
 STATE_DIRECTORY = "/var/lib/geod"  # the unit's StateDirectory=geod: systemd creates it at start
 COMPANIONS = ("-wal", "-shm", "-journal")  # what SQLite creates beside the database
-PROBE_TIMEOUT = 0.2  # seconds the write probe waits for the app's lock: start-up goes on without
+PROBE_TIMEOUT = 0.0  # no busy wait: a lock held by the app means skip the probe, not wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +63,14 @@ class Identity:
 
 def unit_identity(unit: str = "geod.service") -> Identity | None:
     """The User=/Group= of the installed unit, read from systemd; None when that is not known."""
+    # Without NOTIFY_SOCKET: systemctl reports its own failure there (ERRNO=), and that socket
+    # is for `geod run` alone.
+    env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
     try:
         # A fixed argument list, no shell; systemctl is found on PATH like any admin tool.
         result = subprocess.run(  # noqa: S603
             ["systemctl", "show", "--property=User", "--property=Group", unit],  # noqa: S607
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True, text=True, timeout=10, check=False, env=env,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None

@@ -184,3 +184,20 @@ def test_real_run_as_another_user_exits_77_naming_the_wal(shared_dir: Path) -> N
     assert result.stderr.startswith(f"geod: user nobody (groups nogroup) may not read and write "
                                     f"{db}-wal (owner root:nogroup, mode 0644); fix: chmod g+rw "
                                     f"{db}*"), result.stderr
+
+
+def test_check_config_as_root_reports_what_the_service_user_would_meet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check-config --user nobody` judges the folder by nobody's rights, not the caller's,
+    and changes nothing."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o755)
+    db = folder / "geo.db"
+    path = write_geod_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
+    assert cli.main(["--config", str(path), "check-config", "--user", "nobody"]) == EXIT_NOPERM
+    err = capsys.readouterr().err
+    assert f"geod: user nobody (groups nogroup) may not write and enter {folder}" in err, err
+    assert cli.main(["--config", str(path), "check-config", "--quiet"]) == 0  # as this user
+    assert not db.exists()

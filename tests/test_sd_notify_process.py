@@ -154,7 +154,7 @@ def test_no_ready_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
         config = write_geod_config(tmp_path / "geod.toml", db=db, url=closed_port_url())
         with GeodProcess(config, env={"NOTIFY_SOCKET": sd.env_value}) as geod:
             assert geod.wait(15) == 1
-            assert any("opening database" in line for line in geod.stderr_lines), \
+            assert any("database directory" in line for line in geod.stderr_lines), \
                 geod.describe()
         time.sleep(0.1)
         assert not any(m.has("READY") for m in sd.snapshot())
