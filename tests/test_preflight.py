@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from geod import cli
+from geod.config import DatabaseConfig
 from geod.errors import EXIT_NOPERM, PermissionProblem
 from geod.preflight import Identity, check_access, create_database, probe_write
+from geod.sqlite_store import SqliteStore
 from tests.proc import REPO, _base_env, write_geod_config
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, setpriv)")
@@ -201,3 +203,15 @@ def test_check_config_as_root_reports_what_the_service_user_would_meet(
     assert f"geod: user nobody (groups nogroup) may not write and enter {folder}" in err, err
     assert cli.main(["--config", str(path), "check-config", "--quiet"]) == 0  # as this user
     assert not db.exists()
+
+
+async def test_store_creates_a_private_database(tmp_path: Path) -> None:
+    """Finding 27 through the real path (`geod once`/`run` open the Store): 0600 under umask 0."""
+    db = tmp_path / "geo.db"
+    old = os.umask(0)
+    try:
+        store = await SqliteStore.open(DatabaseConfig(path=str(db)), "geod.toml")
+        await store.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
