@@ -161,18 +161,21 @@ block() {  # the ```sh block after the line `<!-- e2e: $1 -->` in README.md
     ' "$REPO/README.md"
 }
 TIMINGS=""
-readme() {  # run README block $1 verbatim, as root, in the checkout; pip finds the wheels offline
-    local text t0 ms
-    text=$(block "$1")
-    [ -n "$text" ] || fail "README.md has no block marked '<!-- e2e: $1 -->'"
-    say "README block '$1':"
+readme() {  # run README block $1 verbatim, as root, in the checkout; pip finds the wheels
+    # offline; any further arguments are VAR=value the reader is told to set (KEY=your key)
+    local name=$1 text t0 ms
+    shift
+    text=$(block "$name")
+    [ -n "$text" ] || fail "README.md has no block marked '<!-- e2e: $name -->'"
+    say "README block '$name':"
     printf '%s\n' "$text" | sed 's/^/e2e:   | /'
     t0=$(date +%s%N)
-    c env PIP_NO_INDEX=1 PIP_FIND_LINKS=/payload/wheels sh -ec "cd /root/geod
-$text" >"$WORK/block-$1.log" 2>&1 || fail "README block '$1' failed: $(tail -20 "$WORK/block-$1.log")"
+    c env PIP_NO_INDEX=1 PIP_FIND_LINKS=/payload/wheels "$@" sh -ec "cd /root/geod
+$text" >"$WORK/block-$name.log" 2>&1 \
+        || fail "README block '$name' failed: $(tail -20 "$WORK/block-$name.log")"
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-    TIMINGS="$TIMINGS $1=${ms}ms"
-    sed 's/^/e2e:   > /' "$WORK/block-$1.log" | head -15
+    TIMINGS="$TIMINGS $name=${ms}ms"
+    sed -n '1,15s/^/e2e:   > /p' "$WORK/block-$name.log"
 }
 
 prop() { c systemctl show -p "$1" --value geod; }
@@ -332,6 +335,11 @@ db.commit()
 ' || fail "the app cannot write its database while geod has it open"
 ok "README 'app-permissions' + 'app-start': rows resolved in the app's database ($(prop StatusText)); the app still writes"
 
+readme diagnose
+grep -q '"path": "/var/lib/app/geo.db"' "$WORK/block-diagnose.log" \
+    || fail "check-config in 'diagnose' did not print the config"
+ok "README 'diagnose': status, -p err, check-config, -p warning all run"
+
 [ "$(prop WatchdogUSec)" = 30s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
 [ "$(prop WatchdogTimestampMonotonic)" -gt 0 ] || fail "no WATCHDOG=1 seen"
 c systemctl status geod --no-pager >"$WORK/status.txt" || true
@@ -341,11 +349,8 @@ ok "watchdog armed and pinged; systemctl status shows the STATUS= line"
 # -- a pro key through LoadCredential= (README "Keeping an ip-api pro key out of the config") ----
 
 KEY=e2e-pro-key-0123456789
-c sh -ec "umask 077; printf '%s\n' $KEY >/etc/geod/ipapi.key
-    printf '[Service]\nLoadCredential=ipapi-key:/etc/geod/ipapi.key\n' >/etc/systemd/system/geod.service.d/key.conf
-    sed -i 's|^key_file = .*|key_file = \"\$CREDENTIALS_DIRECTORY/ipapi-key\"|' /etc/geod/config.toml"
-c systemctl daemon-reload
-c systemctl restart geod || fail "restart with the key: $(c journalctl -u geod -n 8 --no-pager -o cat)"
+readme pro-key KEY=$KEY
+[ "$(c stat -c '%U %a' /etc/geod/ipapi.key)" = "root 600" ] || fail "key file not root-only"
 c runuser -u app -- /usr/bin/python3 -c '
 import sqlite3
 db = sqlite3.connect("/var/lib/app/geo.db")
