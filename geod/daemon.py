@@ -60,6 +60,7 @@ class Daemon:
         self._wall_clock = wall_clock
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
+        self._running: Pass | None = None  # the pass under way: scrapes read its backlog
         self._session: aiohttp.ClientSession | None = None
         self._pass_ids = itertools.count(1)
         neg = config.negative_cache
@@ -186,10 +187,14 @@ class Daemon:
         if self.chain is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await open_store(self.config)
+        self._running = Pass(store, self.chain.providers, self.negcache, clock=self._clock,
+                             progress=self._progress)
         try:
-            return await Pass(store, self.chain.providers, self.negcache, clock=self._clock,
-                              progress=self._progress).run()
+            return await self._running.run()
         finally:
+            if (backlog := self._running.backlog()) is not None:
+                self.status.count_backlog(backlog)
+            self._running = None
             await store.close()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -221,6 +226,8 @@ class Daemon:
         """The status with the values read from their owners now (a Prometheus scrape)."""
         self.status.negative_cache_entries = len(self.negcache)
         self.status.rate_limit_waited_s = self.governor.waited_s
+        if self._running is not None and (backlog := self._running.backlog()) is not None:
+            self.status.count_backlog(backlog)
         return self.status
 
     def _enter(self, phase: Phase) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import platform
+import time
 from collections.abc import Callable, Iterable
 from itertools import accumulate
 
@@ -33,13 +34,15 @@ from geod.status import PASS_BUCKETS, Status
 class Metrics:
     """Every metric geod exports, in a registry of its own; `read` gives the current Status."""
 
-    def __init__(self, read: Callable[[], Status]) -> None:
+    def __init__(
+        self, read: Callable[[], Status], wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self.registry = r = CollectorRegistry()
         Info("geod_build", "geod and Python versions", registry=r).info(
             {"version": __version__, "python": platform.python_version()}
         )
-        ProcessCollector(registry=r)
-        r.register(StatusCollector(read))
+        PidOnlyProcessCollector(registry=r)
+        r.register(StatusCollector(read, wall_clock))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition in the format `accept` asks for: (body, content type)."""
@@ -47,11 +50,27 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
+class PidOnlyProcessCollector(ProcessCollector):
+    """prometheus-client's `process_*` series, working under the unit's ProcSubset=pid.
+
+    ProcessCollector reads the boot time from /proc/stat, which ProcSubset=pid hides, and then
+    exports nothing at all. The boot time is also the wall clock less the time since boot
+    (CLOCK_BOOTTIME counts suspend, as /proc/stat's btime does), so it is taken from there on
+    every host; everything else the collector reads is under /proc/<pid>, which stays visible.
+    """
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class StatusCollector(Collector):
     """geod's own metrics, computed from one read of the Status per scrape."""
 
-    def __init__(self, read: Callable[[], Status]) -> None:
+    def __init__(
+        self, read: Callable[[], Status], wall_clock: Callable[[], float] = time.time
+    ) -> None:
         self._read = read
+        self._wall_clock = wall_clock
 
     def collect(self) -> Iterable[Metric]:
         status = self._read()
@@ -59,6 +78,7 @@ class StatusCollector(Collector):
             "geod_unresolved_rows",
             "NULL-country rows: counted when a pass starts, less the rows it resolved",
             value=status.unresolved)
+        yield from self._backlog(status)
         passes = CounterMetricFamily(
             "geod_passes", "Passes finished, by result (success or error)", labels=["result"])
         for result in ("success", "error"):  # present at 0 from the start, so rate() works
@@ -91,6 +111,35 @@ class StatusCollector(Collector):
         yield GaugeMetricFamily("geod_last_success_timestamp_seconds",
                                 "Unix time the last pass finished without error (0 = none yet)",
                                 value=status.last_success_at)
+
+
+    def _backlog(self, status: Status) -> Iterable[Metric]:
+        backlog = status.backlog
+        yield GaugeMetricFamily(
+            "geod_pending_rows",
+            "Due rows geod will ask about: address sendable, not backing off (as of the "
+            "running or last pass; rows a running pass has not reached count here)",
+            value=backlog.pending)
+        yield GaugeMetricFamily(
+            "geod_backing_off_rows",
+            "Due rows whose look-up failed or missed: asked again when their back-off ends",
+            value=backlog.backing_off)
+        yield GaugeMetricFamily(
+            "geod_unresolvable_rows",
+            "Due rows geod never sends: NULL, private, reserved or invalid address",
+            value=backlog.never)
+        yield GaugeMetricFamily(
+            "geod_backlog_drain_seconds",
+            "Pending rows over the rate providers settled rows at in the running or last pass "
+            "(rate-limit waits included): 0 with none pending, NaN before any rate is known",
+            value=backlog.drain_seconds())
+        if status.config.database.columns.updated_at:  # a timestamp column is mapped
+            oldest = backlog.oldest_pending
+            age = 0.0 if oldest is None else max(self._wall_clock() - oldest, 0.0)
+            yield GaugeMetricFamily(
+                "geod_oldest_pending_age_seconds",
+                "Age of the oldest pending row, by its timestamp column (0 when none is pending "
+                "or none has a readable time)", value=age)
 
 
 def _durations(status: Status) -> HistogramMetricFamily:

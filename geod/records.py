@@ -46,6 +46,15 @@ class Row:
 
     key: str
     cursor: Any  # store-specific position (SQLite: rowid, or the key of a WITHOUT ROWID table)
+    stamp: Any = None  # the mapped timestamp column's value as stored (None: not mapped / NULL)
+
+
+@dataclass(frozen=True, slots=True)
+class DueCount:
+    """Due rows, counted in one query when a pass starts."""
+
+    rows: int = 0
+    keyless: int = 0  # of which the ip column is NULL: nothing to look up, ever
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ pass knows the `Store` and `Provider` seams only, never a concrete database or s
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 import structlog
 
 from geod.addresses import sendable
+from geod.backlog import Backlog, parse_stamp
 from geod.negcache import NegativeCache
 from geod.provider import Provider
 from geod.records import Lookup, Outcome, PassSummary, Row, Update, WriteDeadline
@@ -69,6 +71,7 @@ class Tally:
     missed: int = 0
     resolved_by: dict[str, int] = field(default_factory=dict)
     done: int = 0  # rows no provider will be asked about again this pass
+    asked: int = 0  # of those, rows a provider answered (or failed on): the pass's throughput
 
     def freeze(self, duration_s: float) -> PassSummary:
         counts = {f.name: getattr(self, f.name) for f in fields(PassSummary)
@@ -96,12 +99,17 @@ class Pass:
         self._clock = clock
         self._now_utc = now_utc
         self._progress = progress
+        self._started: float | None = None  # when the pass had counted its rows
+        self._keyless = 0  # due rows with a NULL key: never looked up
+        self._stamps: dict[str, float] = {}  # key -> timestamp of the chunk's unsettled rows
+        self._oldest_left: float | None = None  # oldest row the pass settled but could not write
 
     async def run(self) -> PassSummary:
         """Run the pass. Cancellation (a stop) keeps every batch already written."""
         started = self._clock()
         self.negcache.prune()
-        due = await self.store.count_due()
+        counts = await self.store.due_counts()
+        due, self._keyless, self._started = counts.rows, counts.keyless, started
         if due == 0:
             log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
             return PassSummary(duration_s=round(self._clock() - started, 3))
@@ -113,6 +121,27 @@ class Pass:
             await self._chunk(rows)
         return self.tally.freeze(duration_s=round(self._clock() - started, 3))
 
+    def backlog(self) -> Backlog | None:
+        """The due rows as this pass sees them now; None before it has counted them.
+
+        Rows it has not reached yet count as pending (some may turn out never sendable or
+        backing off); the rate is rows settled by providers per second since the pass began.
+        """
+        if self._started is None:
+            return None
+        tally = self.tally
+        elapsed = self._clock() - self._started
+        oldest = min(self._stamps.values(), default=None)
+        if self._oldest_left is not None:
+            oldest = self._oldest_left if oldest is None else min(oldest, self._oldest_left)
+        return Backlog(
+            pending=max(tally.unresolved - self._keyless - tally.done, 0) + tally.locked,
+            backing_off=tally.backed_off + tally.failed + tally.missed,
+            never=self._keyless + tally.unresolvable,
+            oldest_pending=oldest,
+            rate=tally.asked / elapsed if tally.asked and elapsed > 0 else None,
+        )
+
     async def _chunk(self, rows: Sequence[Row]) -> None:
         """Ask each provider in turn about what is still open in one chunk.
 
@@ -120,6 +149,9 @@ class Pass:
         of its own size, each written as soon as it is answered, so a crash loses one batch.
         """
         plan = plan_chunk(rows, self.negcache)
+        sent = {key for keys in plan.to_send.values() for key in keys}
+        self._stamps = {row.key: when for row in rows
+                        if row.key in sent and (when := parse_stamp(row.stamp)) is not None}
         tally = self.tally
         tally.unresolvable += plan.unresolvable
         tally.backed_off += plan.backed_off
@@ -166,7 +198,11 @@ class Pass:
         if updates:
             await self._write(updates, provider.name)
         still_open = set() if last else {lookup.address for lookup in passed_on}
-        self.tally.done += sum(len(keys_by_address[a]) for a in batch if a not in still_open)
+        settled = [key for a in batch if a not in still_open for key in keys_by_address[a]]
+        self.tally.done += len(settled)
+        self.tally.asked += len(settled)
+        for key in settled:
+            self._stamps.pop(key, None)
         self._report(lookups)
         return passed_on
 
@@ -205,6 +241,9 @@ class Pass:
             raise
         except StoreBusy:
             self.tally.locked += len(updates)
+            left = [self._stamps[u.key] for u in updates if u.key in self._stamps]
+            if left:  # still pending after this pass: its age must show
+                self._oldest_left = min(left + [self._oldest_left or math.inf])
             log.warning("database_locked", rows=len(updates), action="retry_next_pass")
         else:
             self._count_written(source, written)

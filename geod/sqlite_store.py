@@ -22,7 +22,7 @@ import aiosqlite
 from geod.config import DatabaseConfig
 from geod.errors import ConfigError, StoreBusy, StoreError
 from geod.preflight import create_database
-from geod.records import Row, StoreReport, Update, WriteDeadline
+from geod.records import DueCount, Row, StoreReport, Update, WriteDeadline
 
 READ_CHUNK = 1000
 LOCK_SLICE_MS = 200  # how long one attempt at the write lock waits inside SQLite
@@ -100,15 +100,30 @@ class SqliteStore:
         sql = f"SELECT COUNT(*) FROM {self._table} WHERE {self._due}"
         return await self._scalar(sql, self._due_params)
 
+    async def due_counts(self) -> DueCount:
+        """Due rows and how many have a NULL ip, in one COUNT query. Raises: StoreBusy."""
+        sql = f"SELECT COUNT(*), COUNT(*) - COUNT({self._ip}) FROM {self._table} WHERE {self._due}"
+        try:
+            async with self._conn.execute(sql, self._due_params) as cur:
+                row = await cur.fetchone()
+        except sqlite3.OperationalError as error:
+            _raise_if_locked("counting due rows", error)
+            raise
+        return DueCount(int(row[0]), int(row[1])) if row else DueCount()
+
     async def due_chunks(self, size: int = READ_CHUNK) -> AsyncIterator[list[Row]]:
         """Yield due rows in bounded chunks, each read finished before it is yielded.
 
         Keyset pagination (rowid > last) keeps each read short and the whole walk linear, and
-        rows that stay due (failed look-ups) are not read twice in one pass. Raises: StoreBusy.
+        rows that stay due (failed look-ups) are not read twice in one pass. Each row carries the
+        mapped timestamp column (`Row.stamp`), so the pass can tell how old its backlog is.
+        Raises: StoreBusy.
         """
         cursor_col = self._cursor_column
+        column = self._config.columns.updated_at
+        stamp = _quote(column) if column else "NULL"
         query = (
-            f"SELECT {self._ip}, {cursor_col} FROM {self._table} "
+            f"SELECT {self._ip}, {cursor_col}, {stamp} FROM {self._table} "
             f"WHERE {self._due} AND {cursor_col} > ? ORDER BY {cursor_col} LIMIT ?"
         )
         last: Any = -(2**63) if cursor_col == "rowid" else ""
@@ -123,7 +138,7 @@ class SqliteStore:
             if not rows:
                 return
             last = rows[-1][1]
-            yield [Row(str(key), pos) for key, pos in rows if key is not None]
+            yield [Row(str(key), pos, when) for key, pos, when in rows if key is not None]
             if len(rows) < size:
                 return
 

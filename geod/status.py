@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from geod.backlog import Backlog
 from geod.config import Config
 from geod.records import Lookup, PassSummary
 
@@ -54,10 +55,17 @@ class Status:
     rate_limit_waited_s: float = 0.0
     # Look-up API responses by HTTP status ("error" = no answer); shared with ip-api.
     api_responses: Counter[str] = field(default_factory=Counter)
-    # Later (issue 9): rows geod will ask about vs never will, oldest pending row, drain time.
+    # The due rows by what geod will do with them, as the running (or last) pass counted them.
+    backlog: Backlog = field(default_factory=Backlog)
 
     def enter(self, phase: Phase) -> None:
         self.previous, self.phase = self.phase, phase
+
+    def count_backlog(self, backlog: Backlog) -> None:
+        """A pass's view of the due rows; the last known rate stays while a pass has none yet."""
+        if backlog.rate is None:
+            backlog = replace(backlog, rate=self.backlog.rate)
+        self.backlog = backlog
 
     def progress(self, lookups: Sequence[Lookup], done: int, total: int) -> None:
         """A pass began (`done` 0, no look-ups) or one provider call came back."""

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from geod.config import Config
 from geod.errors import StoreBusy
-from geod.records import Row, StoreReport, Update, WriteDeadline
+from geod.records import DueCount, Row, StoreReport, Update, WriteDeadline
 from geod.sqlite_store import SqliteStore
 
 __all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
@@ -26,6 +26,10 @@ class Store(Protocol):
 
     async def count_due(self) -> int:
         """Rows a pass would read now."""
+        ...
+
+    async def due_counts(self) -> DueCount:
+        """Due rows and how many of them have no key, in one query (a pass's first read)."""
         ...
 
     def due_chunks(self, size: int = ...) -> AsyncIterator[list[Row]]:
