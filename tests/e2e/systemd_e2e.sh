@@ -142,7 +142,8 @@ state=""
 for _ in $(seq 600); do  # the manager's bus appears a moment after PID 1 starts
     state=$(timeout 60 nsenter --target "$PID1" --all -- systemctl is-system-running --wait \
         2>/dev/null || true)
-    [ -n "$state" ] && break
+    # "offline": systemctl did not reach the manager yet (seen once at boot); ask again.
+    [ -n "$state" ] && [ "$state" != offline ] && break
     sleep 0.1
 done
 case "$state" in
@@ -189,6 +190,8 @@ wait_status() {  # $1 = text the StatusText must contain, $2 = seconds
     fail "StatusText never contained '$1' (last: '$text'); $(c journalctl -u geod -n 20 --no-pager)"
 }
 err_log() { c journalctl -u geod -p err --no-pager -o cat; }
+# grep -q quits at the first match; the writer then dies of SIGPIPE and pipefail fails the check.
+has() { grep "$@" >/dev/null; }
 resolved_rows() {  # $1 = database
     c /usr/bin/python3 -c "
 import sqlite3
@@ -207,13 +210,13 @@ failed_start() {  # $1 = expected exit status; geod must end failed, not in a re
 
 c sh -ec 'cp -a /payload/src /root/geod'
 readme install
-c /opt/geod/bin/geod --version | grep -q '^geod [0-9]' || fail "geod --version"
-c /opt/geod/bin/geod --version | grep -q 'SQLite .*aiohttp .*rir data' || fail "geod --version details"
+c /opt/geod/bin/geod --version | has '^geod [0-9]' || fail "geod --version"
+c /opt/geod/bin/geod --version | has 'SQLite .*aiohttp .*rir data' || fail "geod --version details"
 for f in /etc/systemd/system/geod.service /usr/lib/sysusers.d/geod.conf /etc/geod/config.toml \
     /usr/local/share/man/man8/geod.8 /usr/local/share/man/man5/geod.toml.5; do
     c test -f "$f" || fail "install-files did not install $f"
 done
-prop Documentation | grep -q 'man:geod(8)' || fail "no Documentation=man:geod(8): $(prop Documentation)"
+prop Documentation | has 'man:geod(8)' || fail "no Documentation=man:geod(8): $(prop Documentation)"
 c id geod >/dev/null || fail "no geod user"
 ok "README 'install': pip install . offline, install-files, sysusers; --version, man pages, Documentation="
 
@@ -236,7 +239,7 @@ c sed -i 's|^path = .*|path = "geo.db"|' /etc/geod/config.toml
 if c /opt/geod/bin/geod check-config --quiet 2>"$WORK/cc.txt"; then fail "check-config passed"; fi
 grep -q '/etc/geod' "$WORK/cc.txt" || fail "check-config did not name /etc/geod: $(cat "$WORK/cc.txt")"
 failed_start 77
-err_log | grep -q '^geod: user geod .*/etc/geod .*fix: .*under /var/lib/geod' \
+err_log | has '^geod: user geod .*/etc/geod .*fix: .*under /var/lib/geod' \
     || fail "journalctl -p err does not name the cause: $(err_log)"
 ok "relative path: check-config and start refuse (77, no restart loop); -p err: $(err_log | grep '^geod:' | tail -1 | cut -c1-150)"
 c cp /root/config.good /etc/geod/config.toml
@@ -261,20 +264,60 @@ c systemctl reload geod
 wait_status "2/2 resolved" 30
 [ "$(resolved_rows /var/lib/geod/geo.db)" = 2 ] || fail "own database: rows not resolved"
 journal=$(c journalctl -u geod --no-pager -o cat)
-printf '%s\n' "$journal" | grep -q '^geod_starting version=[0-9.]* python=.* sqlite=.* aiohttp=' \
+printf '%s\n' "$journal" | has '^geod_starting version=[0-9.]* python=.* sqlite=.* aiohttp=' \
     || fail "no versions at start-up: $journal"
-printf '%s\n' "$journal" | grep -qE '^geo_re_resolve_start .*providers=ip-api( |$)' \
+printf '%s\n' "$journal" | has -E '^geo_re_resolve_start .*providers=ip-api( |$)' \
     || fail "providers not a plain list: $(printf '%s\n' "$journal" | grep resolve_start)"
-printf '%s\n' "$journal" | grep -q 'resolved_by=ip-api:2' \
+printf '%s\n' "$journal" | has 'resolved_by=ip-api:2' \
     || fail "resolved_by not key:value: $(printf '%s\n' "$journal" | grep resolve_complete)"
 ok "own database: rows resolved after reload ($(prop StatusText)); versions logged; values plain"
+
+# -- issue 9 item 7: metrics under the shipped unit (ProcSubset=pid hides /proc/stat) --------------
+
+c runuser -u geod -- /usr/bin/python3 -c '
+import sqlite3
+db = sqlite3.connect("/var/lib/geod/geo.db")
+db.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [("10.0.0.1",), (None,)])
+db.commit()
+'
+c sed -i 's|^listen = ""|listen = "127.0.0.1:9108"|' /etc/geod/config.toml
+c systemctl restart geod  # the address is bound at start
+wait_status "0/2 resolved" 20
+scrape() {
+    c /usr/bin/python3 -c '
+import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:9108/metrics", timeout=5).read().decode(), end="")'
+}
+for _ in $(seq 50); do scrape >"$WORK/metrics.txt" 2>/dev/null && grep -q '^geod_passes_total{result="success"} 1.0' "$WORK/metrics.txt" && break; sleep 0.1; done
+for series in process_start_time_seconds process_cpu_seconds_total process_resident_memory_bytes \
+    process_open_fds 'geod_pending_rows 0.0' 'geod_unresolvable_rows 2.0' 'geod_backing_off_rows 0.0' \
+    'geod_backlog_drain_seconds 0.0' 'geod_oldest_pending_age_seconds 0.0'; do
+    grep -q "^$series" "$WORK/metrics.txt" || fail "no '$series' in the scrape: $(grep -v '^#' "$WORK/metrics.txt")"
+done
+if grep -q '_created' "$WORK/metrics.txt"; then fail "_created series: $(grep _created "$WORK/metrics.txt")"; fi
+lint="promtool not installed on the host"
+if command -v promtool >/dev/null; then
+    promtool check metrics <"$WORK/metrics.txt" >"$WORK/promtool.txt" 2>&1 \
+        || fail "promtool check metrics: $(cat "$WORK/promtool.txt")"
+    lint="promtool check metrics clean"
+fi
+ok "metrics under the shipped unit: process_* present, no _created, pending 0 / unresolvable 2; $lint"
+c runuser -u geod -- /usr/bin/python3 -c '
+import sqlite3
+db = sqlite3.connect("/var/lib/geod/geo.db")
+db.execute("DELETE FROM geo_cache WHERE country_code IS NULL")
+db.commit()
+'
+c cp /root/config.good /etc/geod/config.toml
+c systemctl restart geod
+wait_status "nothing to resolve" 20
 
 # -- defect 5: reload with an invalid config fails, geod keeps the old one ------------------------
 
 c sed -i 's/^interval = 600/interval = -1/' /etc/geod/config.toml
 if c systemctl reload geod 2>/dev/null; then fail "reload of an invalid config succeeded"; fi
 [ "$(prop ActiveState)" = active ] || fail "an invalid config on reload stopped geod"
-err_log | grep -q 'interval' || fail "journalctl -p err does not name the bad key: $(err_log)"
+err_log | has 'interval' || fail "journalctl -p err does not name the bad key: $(err_log)"
 c cp /root/config.good /etc/geod/config.toml
 c systemctl reload geod || fail "reload of the good config failed"
 ok "reload with an invalid config fails (geod stays active); -p err: $(err_log | grep interval | tail -1 | cut -c1-120)"
@@ -282,7 +325,7 @@ ok "reload with an invalid config fails (geod stays active); -p err: $(err_log |
 c systemctl stop geod
 [ "$(prop Result)" = success ] && [ "$(prop ExecMainStatus)" = 0 ] \
     || fail "stop: result $(prop Result), status $(prop ExecMainStatus)"
-c journalctl -u geod --no-pager -o cat | grep -q '^shutdown passes=' || fail "no shutdown event"
+c journalctl -u geod --no-pager -o cat | has '^shutdown passes=' || fail "no shutdown event"
 ok "systemctl stop geod: clean, exit 0"
 
 # -- deployment 2: next to a running app's WAL database -----------------------------------------
@@ -315,7 +358,7 @@ if c /opt/geod/bin/geod check-config --quiet 2>"$WORK/cc.txt"; then fail "check-
 grep -q 'geo.db-wal.*chmod g+rw /var/lib/app/geo.db\*' "$WORK/cc.txt" \
     || fail "check-config (as root, for geod:app) did not name the -wal: $(cat "$WORK/cc.txt")"
 failed_start 77
-err_log | grep -q '^geod: user geod .*may not read and write /var/lib/app/geo.db-wal.*mode 0644.*fix: chmod g+rw /var/lib/app/geo.db\*' \
+err_log | has '^geod: user geod .*may not read and write /var/lib/app/geo.db-wal.*mode 0644.*fix: chmod g+rw /var/lib/app/geo.db\*' \
     || fail "journalctl -p err does not name the -wal and the fix: $(err_log)"
 [ "$(requests_seen)" = "$before" ] || fail "an ip-api request was spent before the failure"
 ok "-wal left 0644: check-config and start refuse (77, no request spent); -p err: $(err_log | grep '^geod:' | tail -1 | cut -c1-160)"
@@ -360,7 +403,7 @@ db.commit()
 c systemctl reload geod || fail "reload with the key: $(c journalctl -u geod -n 8 --no-pager -o cat)"
 for _ in $(seq 300); do c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl && break; sleep 0.1; done
 c grep -q "\"key\": \"$KEY\"" /tmp/fake-ipapi.jsonl || fail "the key did not reach ip-api"
-if c journalctl --no-pager | grep -q "$KEY"; then fail "the key is in the journal"; fi
+if c journalctl --no-pager | has "$KEY"; then fail "the key is in the journal"; fi
 ok "pro key from LoadCredential= + key_file reached ip-api, and never the journal"
 
 # -- priorities: the journal's PRIORITY fields ---------------------------------------------------
@@ -377,7 +420,7 @@ assert levels["geod:"] == {"3"}, levels  # every fatal reason (start-up, refused
 assert levels["geo_re_resolve_complete"] == {"6"}, levels
 assert levels["geod_starting"] == {"6"}, levels
 ' || fail "journal entries have the wrong priorities"
-if err_log | grep -qE '^(geo_re_resolve_complete|config_reloaded|geod_starting)'; then
+if err_log | has -E '^(geo_re_resolve_complete|config_reloaded|geod_starting)'; then
     fail "info events under -p err: $(err_log)"
 fi
 ok "journalctl -p err holds only the reasons; passes at info"
