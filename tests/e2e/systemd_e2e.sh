@@ -383,6 +383,13 @@ grep -q '"path": "/var/lib/app/geo.db"' "$WORK/block-diagnose.log" \
     || fail "check-config in 'diagnose' did not print the config"
 ok "README 'diagnose': status, -p err, check-config, -p warning all run"
 
+readme journal
+has 'geod\[[0-9]*\]: geo_re_resolve_complete ' "$WORK/block-journal.log" \
+    || fail "'journal': no pass summary: $(cat "$WORK/block-journal.log")"
+has '"PRIORITY" : "6"' "$WORK/block-journal.log" \
+    || fail "'journal': no PRIORITY in json-pretty: $(tail -20 "$WORK/block-journal.log")"
+ok "README 'journal': -p warning, the pass summaries, -b -p err, json-pretty with PRIORITY all run"
+
 [ "$(prop WatchdogUSec)" = 30s ] || fail "WatchdogUSec is $(prop WatchdogUSec)"
 [ "$(prop WatchdogTimestampMonotonic)" -gt 0 ] || fail "no WATCHDOG=1 seen"
 c systemctl status geod --no-pager >"$WORK/status.txt" || true
