@@ -435,7 +435,7 @@ def test_once_with_nothing_to_do(tmp_path: Path, make_db: MakeDb, fake: FakeServ
 def status_db(tmp_path: Path, make_db: MakeDb) -> Path:
     rows = [
         ("8.8.8.8", "US"), ("8.8.4.4", "US"), ("1.1.1.1", "DE"), ("9.9.9.9", ""),
-        ("2.2.2.2", None), ("10.0.0.1", None), ("junk", None),
+        ("2.2.2.2", None), ("10.0.0.1", None), ("junk", None), (None, None),
     ]  # fmt: skip
     db = make_db(rows=rows)
     return write_geod_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
@@ -447,9 +447,9 @@ def test_status_json(status_db: Path, capsys: Capsys) -> None:
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1
     assert json.loads(out) == {
-        "rows": 7,
-        "unresolved": 3,
-        "unresolvable": 2,
+        "rows": 8,
+        "unresolved": 4,
+        "unresolvable": 3,  # the private, the invalid and the NULL address
         "top_countries": [["US", 2], ["DE", 1]],
     }
     assert err == ""
@@ -461,9 +461,9 @@ def test_status_text(status_db: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"{tmp_path / 'geo.db'} (table geo_cache)" in out
-    assert re.search(r"^rows\s+7$", out, re.M), out
-    assert re.search(r"^unresolved\s+3$", out, re.M), out
-    assert re.search(r"^unresolvable\s+2\b", out, re.M), out
+    assert re.search(r"^rows\s+8$", out, re.M), out
+    assert re.search(r"^unresolved\s+4$", out, re.M), out
+    assert re.search(r"^unresolvable\s+3\b", out, re.M), out
     assert re.search(r"^top countries\s+US 2, DE 1$", out, re.M), out
     assert result.stderr == ""
 
