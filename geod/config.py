@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from geod.country_names import COMMON, STYLES
 from geod.credentials import read_key_file
 from geod.errors import ConfigError
 from geod.hostport import split_host_port
@@ -89,6 +90,9 @@ class IpApiConfig:
 class ResolveConfig:
     # Tried in order; each provider gets only the addresses the ones before it could not answer.
     providers: tuple[str, ...] = setting(("ip-api",), choices=PROVIDERS, item="provider")
+    # The one name written per country code, whichever provider answered: the short English
+    # names ip-api and MaxMind use ("South Korea"), or ISO 3166-1's ("Korea, Republic of").
+    country_names: str = setting(COMMON, choices=STYLES)
 
 
 @dataclass(frozen=True, slots=True)

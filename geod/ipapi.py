@@ -25,13 +25,15 @@ from tenacity import (
 
 from geod import validate
 from geod.config import Config, IpApiConfig
+from geod.country_names import COMMON
 from geod.provider import Resources
 from geod.ratelimit import RateGovernor
 from geod.records import Geo, Lookup, Outcome
 
 log = structlog.get_logger("geod.ipapi")
 
-FIELDS = "status,message,query,country,countryCode,as,org"
+# Not `country`: the name comes from `country_names` (one per code, whichever provider answered).
+FIELDS = "status,message,query,countryCode,as,org"
 MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
 PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
 
@@ -91,9 +93,11 @@ class IpApiProvider:
         governor: RateGovernor,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         responses: Counter[str] | None = None,
+        names: str = COMMON,
     ) -> None:
         """`responses` counts each request by HTTP status ("error": no answer), for metrics."""
         self.batch_size = config.batch_size
+        self.names = names  # the `[resolve] country_names` style
         self._config = config
         self._session = session
         self._governor = governor
@@ -106,7 +110,7 @@ class IpApiProvider:
     def from_config(cls, config: Config, resources: Resources) -> IpApiProvider:
         """The provider `[ipapi]` describes, on the shared session and rate governor."""
         return cls(config.ipapi, resources.session, resources.governor, sleep=resources.sleep,
-                   responses=resources.responses)
+                   responses=resources.responses, names=config.resolve.country_names)
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """Resolve one batch; a batch whose attempts are used up comes back as FAILED lookups."""
@@ -118,7 +122,7 @@ class IpApiProvider:
             except (TimeoutError, aiohttp.ClientError) as error:
                 reason, error_type = _describe(error), type(error).__name__
             else:
-                return parse_batch(payload, addresses, source=self.name)
+                return parse_batch(payload, addresses, source=self.name, names=self.names)
         log.warning("lookup_failed", reason=reason, error_type=error_type,
                     addresses=len(addresses))
         return [Lookup(a, Outcome.FAILED, reason=reason, source=self.name) for a in addresses]
@@ -186,7 +190,9 @@ class IpApiProvider:
                         attempt=state.attempt_number, wait_s=round(wait, 2))
 
 
-def parse_batch(payload: Any, asked: Sequence[str], source: str = "ip-api") -> list[Lookup]:
+def parse_batch(
+    payload: Any, asked: Sequence[str], source: str = "ip-api", names: str = COMMON
+) -> list[Lookup]:
     """Turn an untrusted batch answer into one Lookup per asked address.
 
     An answer of the wrong shape or length fails the whole batch: positions cannot be trusted.
@@ -197,10 +203,10 @@ def parse_batch(payload: Any, asked: Sequence[str], source: str = "ip-api") -> l
         reason = f"answer has {got} for {len(asked)} asked"
         return [Lookup(a, Outcome.FAILED, reason=reason, source=source) for a in asked]
     pairs = zip(payload, asked, strict=True)
-    return [_parse_item(item, address, source) for item, address in pairs]
+    return [_parse_item(item, address, source, names) for item, address in pairs]
 
 
-def _parse_item(item: Any, address: str, source: str) -> Lookup:
+def _parse_item(item: Any, address: str, source: str, names: str) -> Lookup:
     def failed(reason: str) -> Lookup:
         return Lookup(address, Outcome.FAILED, reason=reason, source=source)
 
@@ -217,15 +223,15 @@ def _parse_item(item: Any, address: str, source: str) -> Lookup:
     if status != "success":
         return failed("answer has no valid status")
     code = validate.country_code(item.get("countryCode"))
-    if code is None:
+    if code is None:  # junk, or a region ("EU") rather than a country
         return failed("answer has no valid country code")
     try:
-        name = validate.plausible_text(item.get("country"))
         org = validate.plausible_text(item.get("org"))
         asn = _asn(validate.plausible_text(item.get("as")))
     except ValueError as error:
         return failed(f"answer has an {error}")
-    return Lookup(address, Outcome.RESOLVED, geo=Geo(code, name, asn, org), source=source)
+    geo = Geo(code, validate.country_name(code, names), asn, org)
+    return Lookup(address, Outcome.RESOLVED, geo=geo, source=source)
 
 
 def _asn(as_field: str | None) -> str | None:

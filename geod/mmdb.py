@@ -19,6 +19,7 @@ import structlog
 
 from geod import validate
 from geod.config import Config, MmdbConfig
+from geod.country_names import COMMON
 from geod.errors import ConfigError
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
@@ -115,12 +116,15 @@ class MmdbProvider:
     name = "mmdb"
     batch_size = LOCAL_BATCH
 
-    def __init__(self, country: WatchedReader, asn: WatchedReader | None = None) -> None:
+    def __init__(
+        self, country: WatchedReader, asn: WatchedReader | None = None, names: str = COMMON
+    ) -> None:
         self.country = country
         self.asn = asn
+        self.names = names  # the `[resolve] country_names` style; the file's own names are unused
 
     @classmethod
-    def open(cls, config: MmdbConfig) -> MmdbProvider:
+    def open(cls, config: MmdbConfig, names: str = COMMON) -> MmdbProvider:
         """Raises: MmdbOpenError for either file (nothing is left open)."""
         country = WatchedReader(config.path)
         try:
@@ -128,19 +132,20 @@ class MmdbProvider:
         except MmdbOpenError:
             country.close()
             raise
-        return cls(country, asn)
+        return cls(country, asn, names)
 
     @classmethod
     def from_config(cls, config: Config, resources: object = None) -> MmdbProvider:
         """The provider `[mmdb]` describes. Raises: ConfigError naming the file's key."""
         try:
-            return cls.open(config.mmdb)
+            return cls.open(config.mmdb, config.resolve.country_names)
         except MmdbOpenError as error:
             key = "mmdb.path" if error.path == config.mmdb.path else "mmdb.asn_path"
             raise ConfigError(config.source, key, str(error)) from None
 
     def reopen(self, config: Config) -> None:
         """SIGHUP: re-open the files at the reloaded paths; each is swapped only if it opens."""
+        self.names = config.resolve.country_names
         self.country = _reopen(self.country, config.mmdb.path)
         asn_path = config.mmdb.asn_path
         if not asn_path:
@@ -172,7 +177,7 @@ class MmdbProvider:
 
     def _lookup(self, address: str) -> Lookup:
         try:
-            geo = parse_country(self.country.get(address))
+            geo = parse_country(self.country.get(address), self.names)
         except ValueError as error:
             return Lookup(address, Outcome.MISS, reason=str(error), source=self.name)
         if geo is None:
@@ -203,8 +208,11 @@ def _reopen(reader: WatchedReader, path: str) -> WatchedReader:
     return fresh
 
 
-def parse_country(record: Any) -> Geo | None:
+def parse_country(record: Any, names: str = COMMON) -> Geo | None:
     """The Geo in one record of any supported layout; None when it has no country.
+
+    The name is `names`' one name for the code: the file's own (`names.en`, IPinfo's `country`)
+    is not used, so a row reads the same whichever provider or vendor answered it.
 
     Raises:
         ValueError: the record has a country that fails validation (the record is not used).
@@ -215,19 +223,16 @@ def parse_country(record: Any) -> Geo | None:
         raise ValueError("record is not a map")
     if "country_code" in record:  # IPinfo Lite: flat strings, ASN included
         code = _code(record.get("country_code"))
-        name = plausible_text(record.get("country"))
         asn = _asn(record.get("asn"))
         org = plausible_text(record.get("as_name")) if asn else None
-        return Geo(code, name or country_name(code), asn, org)
+        return Geo(code, country_name(code, names), asn, org)
     # MaxMind GeoLite2/GeoIP2 Country and City, DB-IP Lite: where the address is, else where
     # its block is registered (anycast and some European ranges only have the latter).
     for key in ("country", "registered_country"):
         place = record.get(key)
         if isinstance(place, dict) and "iso_code" in place:
             code = _code(place.get("iso_code"))
-            names = place.get("names")
-            name = plausible_text(names.get("en")) if isinstance(names, dict) else None
-            return Geo(code, name or country_name(code))
+            return Geo(code, country_name(code, names))
     return None
 
 

@@ -2,8 +2,8 @@
 
 ip-api's JSON, MaxMind DB records and RIR tables are all untrusted input, so each provider passes
 its values through these checks before anything is written; a provider never keeps rules of its
-own. The country names come from `pycountry` (ISO 3166-1, maintained), never from a table kept
-here. Pure functions; the ISO table is loaded once, on first use.
+own. Names come from `country_names`: one per code, whatever the source said. Pure functions;
+the tables are built once, on first use.
 """
 
 from __future__ import annotations
@@ -13,33 +13,28 @@ import re
 import string
 from typing import Any
 
+from geod.country_names import COMMON, names
+
 # ASCII only: str patterns' \d and case-folding would let 'AS١٥١٦٩' or 'aſ1' through.
 _CODE = re.compile(r"[A-Z]{2}", re.ASCII | re.IGNORECASE)
 _ASN = re.compile(r"AS([0-9]{1,10})", re.ASCII | re.IGNORECASE)
 MAX_ASN = 2**32 - 1  # AS numbers are 32-bit; 0 and 4294967295's neighbours above are invalid
 MAX_TEXT = 256  # names and org strings longer than this are not plausible data
 
-# Kosovo has no ISO 3166-1 code yet; MaxMind, DB-IP, ip-api and RIPE all use the user-assigned
-# XK for it, so it is a country here. Every other user-assigned code (AA, QM-QZ, XA-XZ, ZZ) and
-# every reserved one (EU, AP, ...) is a region or "unknown" marker, never written as a country.
-_EXTRA = {"XK": "Kosovo"}
+# Kosovo (XK, the user-assigned code MaxMind, DB-IP, ip-api and RIPE use) is a country: its name
+# is in `country_names`. Every other user-assigned code (AA, QM-QZ, XA-XZ, ZZ) and every reserved
+# one (EU, AP, ...) is a region or "unknown" marker, never written as a country.
 _USER_ASSIGNED = frozenset(
     {"AA", "ZZ"}
     | {"Q" + letter for letter in "MNOPQRSTUVWXYZ"}
     | {"X" + letter for letter in string.ascii_uppercase}
-) - _EXTRA.keys()
+) - {"XK"}
 
 
 @functools.cache
-def _names() -> dict[str, str]:
-    """Code -> the name people use ("South Korea", not "Korea, Republic of")."""
-    import pycountry  # deferred: ~50 ms of import that `geod --version` never needs
-
-    names = {
-        country.alpha_2: getattr(country, "common_name", None) or country.name
-        for country in pycountry.countries
-    }
-    return {**names, **_EXTRA}
+def _codes() -> frozenset[str]:
+    """Every code that names a country: ISO 3166-1 plus XK, as `country_names` has them."""
+    return frozenset(names(COMMON))
 
 
 def country_code(value: Any) -> str | None:
@@ -50,12 +45,12 @@ def country_code(value: Any) -> str | None:
     if not isinstance(value, str) or not _CODE.fullmatch(value):
         return None
     code = value.upper()
-    return code if code not in _USER_ASSIGNED and code in _names() else None
+    return code if code not in _USER_ASSIGNED and code in _codes() else None
 
 
-def country_name(code: str) -> str | None:
-    """The English name of a code `country_code` accepted."""
-    return _names().get(code)
+def country_name(code: str, style: str = COMMON) -> str | None:
+    """The one name geod writes for a code `country_code` accepted (see `country_names`)."""
+    return names(style).get(code)
 
 
 def asn(value: Any) -> str | None:

@@ -41,8 +41,10 @@ def mmdb_path(tmp_path: Path) -> Path:
 def make_config(make_config: MakeConfig, fake_server: tuple[FakeIpApi, str],
                 mmdb_path: Path) -> MakeConfig:
     """conftest's factory with this module's defaults: a source column, the fake ip-api."""
-    def make(providers: str = '["mmdb", "ip-api"]', extra: str = "") -> Config:
-        more = f'[resolve]\nproviders = {providers}\n[mmdb]\npath = "{mmdb_path.name}"\n{extra}'
+    def make(providers: str = '["mmdb", "ip-api"]', extra: str = "",
+             country_names: str = "common") -> Config:
+        more = (f'[resolve]\nproviders = {providers}\ncountry_names = "{country_names}"\n'
+                f'[mmdb]\npath = "{mmdb_path.name}"\n{extra}')
         return make_config(more, **{"database.columns": {"source": "source"},
                                     "ipapi": {"url": fake_server[1]}})
     return make
@@ -113,6 +115,47 @@ async def test_replaced_file_is_used_by_the_running_daemon(
     rows = read_rows(db)
     assert (rows["8.8.8.8"]["country_code"], rows["8.8.4.4"]["country_code"]) == ("US", "DE")
     assert len(events(logs, "mmdb_opened")) == 2
+
+
+async def test_every_provider_writes_the_configured_names_and_a_reload_switches_them(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        mmdb_path: Path) -> None:
+    """mmdb, rir and ip-api rows all get `country_names`' spelling; SIGHUP applies a new one."""
+    write_mmdb(mmdb_path, {"8.8.8.0/24": geolite2_country("KR", "Korea (South)")})
+    # 8.8.8.x: the file (KR); 77.88.8.x: rir (RU); 2d00::2 and ::a: rir has no allocation, so
+    # the fake ip-api answers (GB for both).
+    db = make_db([(ip, None) for ip in ("8.8.8.8", "77.88.8.8", "2d00::2")],
+                 schema=SOURCE_SCHEMA)
+    chain = '["mmdb", "rir", "ip-api"]'
+    passes = 0
+    styles: list[str | None] = []  # the ip-api provider's: the fake's places read alike in both
+
+    def done(summary: PassSummary) -> None:
+        nonlocal passes
+        passes += 1
+        assert daemon.chain is not None
+        by_name = {provider.name: provider for provider in daemon.chain.providers}
+        styles.append(getattr(by_name.get("ip-api"), "names", None))
+        if passes == 1:
+            make_config(chain, country_names="common")  # rewrites the file the daemon reloads
+            add_rows(db, "8.8.8.9", "77.88.8.9", "2d00::a")
+            daemon.request_reload()
+        else:
+            daemon.request_stop()
+
+    daemon = make_daemon(make_config(chain, country_names="iso"), fake_clock, done)
+    await daemon.run()
+    rows = read_rows(db)
+    names = {ip: (row["source"], row["country_name"]) for ip, row in rows.items()}
+    assert names == {
+        "8.8.8.8": ("mmdb", "Korea, Republic of"),
+        "77.88.8.8": ("rir", "Russian Federation"),
+        "2d00::2": ("ip-api", "United Kingdom"),
+        "8.8.8.9": ("mmdb", "South Korea"),
+        "77.88.8.9": ("rir", "Russia"),
+        "2d00::a": ("ip-api", "United Kingdom"),
+    }
+    assert styles == ["iso", "common"]
 
 
 async def test_reload_with_a_corrupt_file_keeps_the_old_reader(

@@ -769,7 +769,16 @@ def test_a_misspelt_rule_fails_where_the_setting_is_declared() -> None:
 
 PROVIDER_CASES: list[Any] = [
     pytest.param("", {"resolve.providers": ("ip-api",), "mmdb.path": "", "mmdb.asn_path": "",
-                      "database.columns.source": ""}, id="defaults-ip-api-only"),
+                      "database.columns.source": "", "resolve.country_names": "common"},
+                 id="defaults-ip-api-only"),
+    pytest.param('[resolve]\ncountry_names = "iso"\n', {"resolve.country_names": "iso"},
+                 id="iso-country-names"),
+    pytest.param('[resolve]\ncountry_names = "ISO"\n',
+                 "{file}: [resolve] country_names: must be one of common, iso, got 'ISO'",
+                 id="country-names-exact"),
+    pytest.param("[resolve]\ncountry_names = true\n",
+                 "{file}: [resolve] country_names: must be a string, got true",
+                 id="country-names-not-a-string"),
     pytest.param('[resolve]\nproviders = ["rir"]\n[rir]\n', {"resolve.providers": ("rir",)},
                  id="rir-with-empty-table"),
     pytest.param('[resolve]\nproviders = ["mmdb", "rir", "ip-api"]\n[mmdb]\npath = "c.mmdb"\n'

@@ -17,7 +17,8 @@ from geod.config import IpApiConfig
 from geod.ipapi import FIELDS, IpApiError, IpApiProvider, is_retryable, parse_batch
 from geod.provider import make_session
 from geod.ratelimit import RateGovernor
-from geod.records import Outcome
+from geod.records import Geo, Outcome
+from geod.validate import country_name
 from tests.conftest import FakeClock, Logs, events
 from tests.fake_ipapi import FakeIpApi, Fault
 
@@ -53,7 +54,7 @@ def fake_ipapi(
 
 
 async def test_resolves_a_batch_with_the_servers_data(fake_ipapi: ServerFactory) -> None:
-    """Each address gets the country, name, AS number and org the server sent for it."""
+    """Each address gets the server's country, AS number and org, and geod's name for the code."""
     fake, client = await fake_ipapi()
     lookups = await client.resolve(PUBLIC)
     assert [lookup.address for lookup in lookups] == PUBLIC
@@ -61,7 +62,7 @@ async def test_resolves_a_batch_with_the_servers_data(fake_ipapi: ServerFactory)
         answer = fake.answer_for(lookup.address, None)
         assert lookup.outcome is Outcome.RESOLVED and lookup.geo is not None
         assert lookup.geo.country_code == answer["countryCode"]
-        assert lookup.geo.country_name == answer["country"]
+        assert lookup.geo.country_name == country_name(str(answer["countryCode"]))
         assert lookup.geo.org == answer["org"]
         assert lookup.geo.asn == str(answer["as"]).split()[0]
 
@@ -265,25 +266,29 @@ def test_is_retryable(error: BaseException, retry: bool) -> None:
 
 
 def test_parse_item_validation() -> None:
-    """Codes must be two letters, text plausible, the echo exact; AS numbers are extracted."""
-    asked = ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4", "5.5.5.5", "6.6.6.6"]
+    """Codes must name a country, text be plausible, the echo exact; AS numbers are extracted."""
+    asked = ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4", "5.5.5.5", "6.6.6.6", "7.7.7.7",
+             "8.8.8.8"]
     payload = [
         {"status": "success", "query": "1.1.1.1", "countryCode": "au", "country": "Australia",
-         "as": "AS13335 Cloudflare, Inc.", "org": ""},
+         "as": "AS13335 Cloudflare, Inc.", "org": "APNIC and Cloudflare DNS Resolver project"},
         {"status": "success", "query": "2.2.2.2", "countryCode": "USA"},
-        {"status": "success", "query": "3.3.3.3", "countryCode": "FR", "country": "x" * 300},
+        {"status": "success", "query": "3.3.3.3", "countryCode": "FR", "as": "AS1 " + "x" * 300},
         {"status": "success", "query": "4.4.4.4", "countryCode": "FR", "org": "bad\x00org"},
         {"status": "success", "query": "5.5.5.5", "countryCode": "DE", "as": "nonsense"},
         {"status": "fail", "query": "6.6.6.6", "message": "quota"},
+        {"status": "success", "query": "7.7.7.7", "countryCode": "EU", "country": "Europe"},
+        {"status": "success", "query": "8.8.8.8", "countryCode": "NL", "as": "AS64496",
+         "country": "x" * 300},  # a field geod does not ask for is not read
     ]
     lookups = parse_batch(payload, asked)
     outcomes = [lookup.outcome for lookup in lookups]
     assert outcomes == [Outcome.RESOLVED, Outcome.FAILED, Outcome.FAILED, Outcome.FAILED,
-                        Outcome.RESOLVED, Outcome.FAILED]
-    assert lookups[0].geo is not None
-    assert (lookups[0].geo.country_code, lookups[0].geo.asn, lookups[0].geo.org) == (
-        "AU", "AS13335", None)
-    assert lookups[4].geo is not None and lookups[4].geo.asn is None
+                        Outcome.RESOLVED, Outcome.FAILED, Outcome.FAILED, Outcome.RESOLVED]
+    geos = [lookup.geo for lookup in lookups]
+    assert geos[0] == Geo("AU", "Australia", "AS13335", "APNIC and Cloudflare DNS Resolver project")
+    assert geos[4] == Geo("DE", "Germany", None, None)
+    assert geos[7] == Geo("NL", "Netherlands", "AS64496", None)
 
 
 JSON = st.recursive(

@@ -11,6 +11,7 @@ import pytest
 from geod.config import MmdbConfig
 from geod.mmdb import MmdbOpenError, MmdbProvider, WatchedReader, parse_asn, parse_country
 from geod.records import Geo, Outcome
+from geod.validate import country_name
 from tests.conftest import Logs, events
 from tests.mmdb_files import (
     LAYOUTS,
@@ -104,7 +105,7 @@ def _mm(**place: Any) -> dict[str, Any]:
         ({"registered_country": {"iso_code": "SE", "names": {"en": "Sweden"}}},
          Geo("SE", "Sweden")),  # anycast/satellite ranges: only the registration country
         ({"continent": {"code": "EU"}}, None),  # a continent alone is no country
-        (_mm(iso_code="us"), Geo("US", "United States")),  # no name in file: pycountry's
+        (_mm(iso_code="us"), Geo("US", "United States")),  # geod's name for the code
         (_mm(iso_code="KR"), Geo("KR", "South Korea")),
         (_mm(iso_code="XK", names={"en": "Kosovo"}), Geo("XK", "Kosovo")),
         (ipinfo_lite("BR", "Brazil", asn="", as_name=""), Geo("BR", "Brazil")),
@@ -126,13 +127,9 @@ def test_parse_country_layouts(record: Any, expected: Geo | None) -> None:
         _mm(iso_code="U$"),
         _mm(iso_code="USA"),
         _mm(iso_code=840),
-        _mm(iso_code="US", names={"en": "United\x00States"}),
-        _mm(iso_code="US", names={"en": "x" * 300}),
-        _mm(iso_code="US", names={"en": 7}),
         {"country_code": "US", "asn": "AS99999999999"},
         {"country_code": "US", "asn": "ASx"},
         {"country_code": "US", "asn": "AS0"},
-        {"country_code": "US", "country": ["United States"]},
         "United States",
         ["US"],
     ],
@@ -141,6 +138,25 @@ def test_parse_country_rejects_implausible_records(record: Any) -> None:
     """Values from a file are checked like ip-api answers: a bad record is not used."""
     with pytest.raises(ValueError, match="record|implausible"):
         parse_country(record)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        _mm(iso_code="NL", names={"en": "The Netherlands"}),
+        _mm(iso_code="NL", names={"en": "Nether\x00lands"}),
+        _mm(iso_code="NL", names={"en": 7}),
+        _mm(iso_code="NL"),
+        {"country_code": "NL", "country": "Netherlands (Kingdom of the)"},
+        {"country_code": "NL", "country": ["Netherlands"]},
+    ],
+)
+def test_parse_country_writes_geods_name_not_the_files(record: Any) -> None:
+    """The name is geod's one name for the code: a file's own name, good or junk, is not read."""
+    geo = parse_country(record)
+    assert geo is not None and (geo.country_code, geo.country_name) == ("NL", "Netherlands")
+    iso = parse_country(record, "iso")
+    assert iso is not None and iso.country_name == country_name("NL", "iso")
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def test_unallocated_ipv4_is_a_miss() -> None:
     Which IPv4 blocks are free changes with each iptocc data release, so this uses the
     function the provider maps iptocc's answers with rather than a live address.
     """
-    lookup = _lookup("102.0.0.1", None)
+    lookup = _lookup("102.0.0.1", None, "common")
     assert (lookup.outcome, lookup.reason) == (Outcome.MISS, "no allocation")
 
 
@@ -74,7 +74,7 @@ def test_country_code_accepts_countries_only(raw: object, code: str | None) -> N
 
 
 def test_country_names_are_the_common_ones() -> None:
-    """Names come from pycountry, preferring the name people use."""
+    """Names are `country_names` common ones: the short names ip-api and MaxMind answer."""
     assert [country_name(code) for code in ("US", "KR", "IR", "TW", "XK", "DE")] == [
         "United States", "South Korea", "Iran", "Taiwan", "Kosovo", "Germany"]
 

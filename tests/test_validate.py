@@ -103,5 +103,5 @@ def test_mmdb_out_of_range_asn_number_is_dropped() -> None:
 @pytest.mark.parametrize("raw", BAD_CODES)
 def test_rir_never_takes_a_bad_country_code(raw: str) -> None:
     """An RIR record allocated to such a code is a MISS (RIR data carries no AS numbers)."""
-    lookup = _lookup("1.1.1.1", raw)
+    lookup = _lookup("1.1.1.1", raw, "common")
     assert (lookup.outcome, lookup.geo) == (Outcome.MISS, None)

@@ -20,6 +20,7 @@ from typing import Any
 
 from geod.addresses import sendable
 from geod.ipapi import FIELDS
+from geod.validate import country_name
 from tests.conftest import read_rows
 from tests.fake_ipapi import DEFAULT_TENANT, FakeIpApi, RecordedRequest, classify, parse_fields
 from tests.proc import GeodProcess
@@ -46,7 +47,7 @@ def expected_row(address: str) -> dict[str, str]:
     answer = _ANSWERS.answer_for(address, parse_fields(FIELDS))
     return {
         "country_code": str(answer["countryCode"]),
-        "country_name": str(answer["country"]),
+        "country_name": country_name(str(answer["countryCode"])),  # geod's one name per code
         "asn": str(answer["as"]).split()[0],
         "org": str(answer["org"]),
     }
