@@ -33,7 +33,10 @@ from geod.records import Geo, Lookup, Outcome
 log = structlog.get_logger("geod.ipapi")
 
 # Not `country`: the name comes from `country_names` (one per code, whichever provider answered).
-FIELDS = "status,message,query,countryCode,as,org"
+# Not `org`: it names whoever registered the block (often an ISP's customer); geod's `org` is the
+# AS holder, which `as` carries after the number, as IPinfo's `as_name` and MaxMind's ASN
+# database do.
+FIELDS = "status,message,query,countryCode,as"
 MAX_BODY = 1 << 20  # 100 answers of the fields above are ~20 KiB; 1 MiB is generous
 PERMANENT_FAILS = frozenset({"private range", "reserved range", "invalid query"})
 
@@ -226,22 +229,25 @@ def _parse_item(item: Any, address: str, source: str, names: str) -> Lookup:
     if code is None:  # junk, or a region ("EU") rather than a country
         return failed("answer has no valid country code")
     try:
-        org = validate.plausible_text(item.get("org"))
-        asn = _asn(validate.plausible_text(item.get("as")))
+        # `as` is empty for blocks not announced in BGP: then there is no AS, and no AS holder.
+        asn, org = _as_holder(validate.plausible_text(item.get("as")))
     except ValueError as error:
         return failed(f"answer has an {error}")
     geo = Geo(code, validate.country_name(code, names), asn, org)
     return Lookup(address, Outcome.RESOLVED, geo=geo, source=source)
 
 
-def _asn(as_field: str | None) -> str | None:
-    """The number in ip-api's `as` ("AS15169 Google LLC"); None when it names none.
+def _as_holder(as_field: str | None) -> tuple[str | None, str | None]:
+    """(number, holder) from ip-api's `as` ("AS15169 Google LLC"); (None, None) when none.
 
     Raises:
         ValueError: it starts with "AS" but the number is invalid (never written).
     """
-    token = as_field.split(maxsplit=1)[0] if as_field and as_field.strip() else ""
-    return validate.asn(token) if token[:2].upper() == "AS" else None
+    parts = as_field.split(maxsplit=1) if as_field else []
+    if not parts or parts[0][:2].upper() != "AS":
+        return None, None
+    holder = parts[1].strip() if len(parts) > 1 else ""
+    return validate.asn(parts[0]), holder or None
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:

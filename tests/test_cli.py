@@ -370,7 +370,7 @@ def expected_row(address: str) -> dict[str, str | None]:
         "country_code": str(answer["countryCode"]),
         "country_name": country_name(str(answer["countryCode"])),  # geod's one name per code
         "asn": str(answer["as"]).split()[0],
-        "org": str(answer["org"]),
+        "org": str(answer["as"]).split(maxsplit=1)[1],  # the AS holder, not ip-api's `org`
     }
 
 

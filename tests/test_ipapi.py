@@ -54,7 +54,7 @@ def fake_ipapi(
 
 
 async def test_resolves_a_batch_with_the_servers_data(fake_ipapi: ServerFactory) -> None:
-    """Each address gets the server's country, AS number and org, and geod's name for the code."""
+    """Each address gets the server's country and AS, geod's name for the code, the AS holder."""
     fake, client = await fake_ipapi()
     lookups = await client.resolve(PUBLIC)
     assert [lookup.address for lookup in lookups] == PUBLIC
@@ -63,7 +63,7 @@ async def test_resolves_a_batch_with_the_servers_data(fake_ipapi: ServerFactory)
         assert lookup.outcome is Outcome.RESOLVED and lookup.geo is not None
         assert lookup.geo.country_code == answer["countryCode"]
         assert lookup.geo.country_name == country_name(str(answer["countryCode"]))
-        assert lookup.geo.org == answer["org"]
+        assert lookup.geo.org == str(answer["as"]).split(maxsplit=1)[1] != answer["org"]
         assert lookup.geo.asn == str(answer["as"]).split()[0]
 
 
@@ -266,7 +266,7 @@ def test_is_retryable(error: BaseException, retry: bool) -> None:
 
 
 def test_parse_item_validation() -> None:
-    """Codes must name a country, text be plausible, the echo exact; AS numbers are extracted."""
+    """Codes must name a country, text be plausible, the echo exact; `as` gives asn and org."""
     asked = ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4", "5.5.5.5", "6.6.6.6", "7.7.7.7",
              "8.8.8.8"]
     payload = [
@@ -274,19 +274,19 @@ def test_parse_item_validation() -> None:
          "as": "AS13335 Cloudflare, Inc.", "org": "APNIC and Cloudflare DNS Resolver project"},
         {"status": "success", "query": "2.2.2.2", "countryCode": "USA"},
         {"status": "success", "query": "3.3.3.3", "countryCode": "FR", "as": "AS1 " + "x" * 300},
-        {"status": "success", "query": "4.4.4.4", "countryCode": "FR", "org": "bad\x00org"},
+        {"status": "success", "query": "4.4.4.4", "countryCode": "FR", "as": "AS1 bad\x00org"},
         {"status": "success", "query": "5.5.5.5", "countryCode": "DE", "as": "nonsense"},
         {"status": "fail", "query": "6.6.6.6", "message": "quota"},
         {"status": "success", "query": "7.7.7.7", "countryCode": "EU", "country": "Europe"},
         {"status": "success", "query": "8.8.8.8", "countryCode": "NL", "as": "AS64496",
-         "country": "x" * 300},  # a field geod does not ask for is not read
+         "country": "x" * 300, "org": "bad\x00org"},  # fields geod does not ask for are not read
     ]
     lookups = parse_batch(payload, asked)
     outcomes = [lookup.outcome for lookup in lookups]
     assert outcomes == [Outcome.RESOLVED, Outcome.FAILED, Outcome.FAILED, Outcome.FAILED,
                         Outcome.RESOLVED, Outcome.FAILED, Outcome.FAILED, Outcome.RESOLVED]
     geos = [lookup.geo for lookup in lookups]
-    assert geos[0] == Geo("AU", "Australia", "AS13335", "APNIC and Cloudflare DNS Resolver project")
+    assert geos[0] == Geo("AU", "Australia", "AS13335", "Cloudflare, Inc.")
     assert geos[4] == Geo("DE", "Germany", None, None)
     assert geos[7] == Geo("NL", "Netherlands", "AS64496", None)
 
@@ -317,3 +317,25 @@ def test_parse_batch_accepts_any_json(payload: Any) -> None:
             assert lookup.geo is not None
             code = lookup.geo.country_code
             assert len(code) == 2 and code.isascii() and code.isalpha() and code.isupper()
+
+
+@pytest.mark.parametrize(
+    ("answer", "asn", "org"),
+    [  # ip-api answers captured in public projects' tests: `org` there is not the AS holder
+        ({"as": "AS23148 Terremark", "org": "Sanoma Digital bv dialup pools"},
+         "AS23148", "Terremark"),
+        ({"as": "AS21453 Flex Ltd.", "org": "Wireless network in Moscow region"},
+         "AS21453", "Flex Ltd."),
+        ({"as": 'AS41754 JSC "ER-Telecom Holding"', "org": 'JSC "ER-Telecom Holding" Penza'},
+         "AS41754", 'JSC "ER-Telecom Holding"'),
+        ({"as": "AS8402 PJSC Vimpelcom", "org": ""}, "AS8402", "PJSC Vimpelcom"),
+        ({"as": "", "org": "SURFnet bv"}, None, None),  # not announced in BGP: no AS, no holder
+        ({"as": "AS15169", "org": "Google Public DNS"}, "AS15169", None),
+        ({"as": "AS15169  Google LLC ", "org": ""}, "AS15169", "Google LLC"),
+    ],
+)
+def test_org_is_the_as_holder(answer: dict[str, str], asn: str | None, org: str | None) -> None:
+    """`org` is the AS holder from `as` (like IPinfo's as_name and MaxMind's ASN database)."""
+    item = {"status": "success", "query": "1.2.3.4", "countryCode": "RU", **answer}
+    [lookup] = parse_batch([item], ["1.2.3.4"])
+    assert lookup.geo is not None and (lookup.geo.asn, lookup.geo.org) == (asn, org)
