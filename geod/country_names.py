@@ -30,8 +30,9 @@ OVERRIDES: Mapping[str, tuple[str, str]] = MappingProxyType({
            "\"countryCode\":\"NL\"}) and MaxMind's GeoIP2-Country-Test data (names.en) say "
            "'Netherlands'."),
     "PS": ("Palestine",
-           "GeoNames: 'Palestinian Territory'. 'Palestine' is what ip-api and MaxMind answered "
-           "in issue 13's 30-code sample; no raw captured answer for PS was found to quote."),
+           "GeoNames: 'Palestinian Territory'. A captured ip-api answer for Gaza says "
+           "{\"country\":\"Palestine\",\"countryCode\":\"PS\"}; issue 13's sample of MaxMind "
+           "and ip-api answers says 'Palestine' too."),
 })
 
 

@@ -151,7 +151,8 @@ CAPTURED = {
         "TR": "Turkey", "TW": "Taiwan", "UA": "Ukraine", "US": "United States",
         "VN": "Vietnam",
     },
-    "ip-api": {"NL": "Netherlands", "RU": "Russia", "TR": "Turkey", "US": "United States"},
+    "ip-api": {"HK": "Hong Kong", "KR": "South Korea", "NL": "Netherlands", "PS": "Palestine",
+               "RU": "Russia", "TR": "Turkey", "US": "United States", "VN": "Vietnam"},
 }
 
 
