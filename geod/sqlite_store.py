@@ -25,6 +25,10 @@ from geod.preflight import create_database
 from geod.records import DueCount, Row, StoreReport, Update, WriteDeadline
 
 READ_CHUNK = 1000
+# Fields a write never replaces once they hold a value (COALESCE): what the app wrote survives.
+# The country itself is guarded by the due predicate; the timestamp and source are geod's record
+# of its own write.
+KEPT = ("country_name", "asn", "org")
 LOCK_SLICE_MS = 200  # how long one attempt at the write lock waits inside SQLite
 
 
@@ -156,8 +160,12 @@ class SqliteStore:
         if not updates:
             return 0
         written = self._config.columns.written()
-        assignments = ", ".join(f"{_quote(col)} = ?" for col in written.values())
-        # The due guard is the promise never to overwrite what the app wrote meanwhile.
+        assignments = ", ".join(
+            f"{_quote(col)} = COALESCE({_quote(col)}, ?)" if name in KEPT else f"{_quote(col)} = ?"
+            for name, col in written.items()
+        )
+        # The due guard is the promise never to overwrite what the app wrote meanwhile; the
+        # per-column COALESCE keeps a name/asn/org the app put in a row without a country.
         sql = f"UPDATE {self._table} SET {assignments} WHERE {self._ip} = ? AND {self._due}"
         params = [
             (*(_field(update, name, resolved_at) for name in written), update.key,

@@ -145,6 +145,20 @@ async def test_write_never_overwrites_what_the_app_wrote(make_db: MakeDb) -> Non
     assert rows["9.9.9.9"]["country_code"] == "CH"
 
 
+async def test_write_keeps_a_name_asn_org_the_app_put_in_a_row_without_country(
+        make_db: MakeDb) -> None:
+    """Per-column COALESCE: the country is filled, the app's own values stay (NULLs filled)."""
+    path = make_db([("8.8.8.8", None, "USA (app)", None, "App Org")],
+                   insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
+                          "VALUES (?, ?, ?, ?, ?)")
+    store = await SqliteStore.open(db_config(path), "geod.toml")
+    assert await store.write([Update("8.8.8.8", GEO)], "2026-11-28T10:00:00Z") == 1
+    await store.close()
+    assert read_rows(path)["8.8.8.8"] == {
+        "ip": "8.8.8.8", "country_code": "US", "country_name": "USA (app)", "asn": "AS15169",
+        "org": "App Org", "cached_at": "2026-11-28T10:00:00Z"}
+
+
 async def test_write_is_keyed_on_the_stored_string(make_db: MakeDb) -> None:
     """A row stored with whitespace or as IPv4-mapped IPv6 is written under its own key."""
     path = make_db([(" 8.8.8.8", None), ("::ffff:8.8.8.8", None)])
