@@ -96,6 +96,49 @@ class ResolveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RefreshConfig:
+    """Keeping written rows right: fill their gaps, re-resolve them when old (see `upkeep`)."""
+
+    # Rows geod wrote (known by the `source` column) are re-resolved once older than this.
+    after: str = setting("30d")
+    # Rows the app wrote: never ("off"), or once older than this. Needs `updated_at`.
+    app_after: str = setting("off")
+    # Fill NULL country_name/asn/org of rows that have a country, from a provider that has them.
+    fill: bool = setting(True)
+    # Re-check offline the rows an older build of the mmdb file answered, once it is replaced.
+    new_mmdb_build: bool = setting(True)
+    # Rows examined per pass for all of the above, after the NULL rows: bounds a pass's length.
+    per_pass: int = setting(10_000, low=1, high=1_000_000)
+
+    def after_s(self) -> float | None:
+        """`after` in seconds; None = off."""
+        return parse_age(self.after)
+
+    def app_after_s(self) -> float | None:
+        return parse_age(self.app_after)
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": _DAY, "w": 7 * _DAY}
+
+
+def parse_age(text: str) -> float | None:
+    """'30d' -> seconds (units s, m, h, d, w); 'off' -> None.
+
+    Raises:
+        ValueError: anything else, or an age outside 1 minute .. 10 years.
+    """
+    if text == "off":
+        return None
+    number, unit = text[:-1], text[-1:]
+    if unit not in _AGE_UNITS or not number.isascii() or not number.isdigit():
+        raise ValueError(f'must be "off" or a number and a unit (s, m, h, d, w), got {show(text)}')
+    seconds = float(int(number) * _AGE_UNITS[unit])
+    if not 60 <= seconds <= 3650 * _DAY:
+        raise ValueError(f"must be between 1 minute and 10 years, got {show(text)}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
 class MmdbConfig:
     path: str = setting("")  # a country/city database; required when providers has "mmdb"
     asn_path: str = setting("")  # optional ASN database: adds asn/org to mmdb answers
@@ -124,6 +167,7 @@ class Config:
     negative_cache: NegativeCacheConfig = field(default_factory=NegativeCacheConfig)
     ipapi: IpApiConfig = field(default_factory=IpApiConfig)
     resolve: ResolveConfig = field(default_factory=ResolveConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     mmdb: MmdbConfig = field(default_factory=MmdbConfig)
     rir: RirConfig = field(default_factory=RirConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -208,6 +252,14 @@ def _check_relations(config: Config, file: str) -> None:
             raise ConfigError(
                 file, "ipapi.url", "must not carry a query or credentials (use key for the key)"
             )
+    for key in ("after", "app_after"):
+        try:
+            parse_age(getattr(config.refresh, key))
+        except ValueError as error:
+            raise ConfigError(file, f"refresh.{key}", str(error)) from None
+    if config.refresh.app_after != "off" and not config.database.columns.updated_at:
+        raise ConfigError(file, "refresh.app_after",
+                          "needs [database.columns] updated_at (the age of the app's rows)")
     if config.ipapi.key and config.ipapi.key_file:
         raise ConfigError(file, "ipapi.key_file", "set key or key_file, not both")
     if config.metrics.listen:

@@ -25,9 +25,10 @@ from geod.preflight import probe_write, startup_checks
 from geod.provider import Resources, make_session
 from geod.ratelimit import RateGovernor
 from geod.records import Lookup, PassSummary
-from geod.resolve import Pass
+from geod.resolve import Pass, utc_now
 from geod.status import Phase, Status
 from geod.store import StoreBusy, open_store
+from geod.upkeep import Cursor, for_pass
 
 log = structlog.get_logger("geod.daemon")
 
@@ -65,6 +66,9 @@ class Daemon:
         self._pass_ids = itertools.count(1)
         neg = config.negative_cache
         self.negcache = NegativeCache(neg.ttl, neg.max_ttl, self._clock)
+        # Upkeep's own back-off and position: a row with a country never blocks a NULL row.
+        self.upkeep_negcache = NegativeCache(neg.ttl, neg.max_ttl, self._clock)
+        self.upkeep_cursor = Cursor()
         # One governor for the life of the process: the rate-limit window outlives a reload.
         self.governor = RateGovernor(config.ipapi.reserve, self._clock, sleep,
                                      share=config.ipapi.share == "auto",
@@ -187,8 +191,11 @@ class Daemon:
         if self.chain is None:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await open_store(self.config)
-        self._running = Pass(store, self.chain.providers, self.negcache, clock=self._clock,
-                             progress=self._progress)
+        providers = self.chain.providers
+        upkeep = for_pass(self.config, store, providers, self.upkeep_negcache,
+                          self.upkeep_cursor, self.governor.spare, utc_now)
+        self._running = Pass(store, providers, self.negcache, clock=self._clock,
+                             progress=self._progress, upkeep=upkeep)
         try:
             return await self._running.run()
         finally:
@@ -215,11 +222,14 @@ class Daemon:
             self.governor.share = new.ipapi.share == "auto"
             self.negcache.ttl = new.negative_cache.ttl
             self.negcache.max_ttl = new.negative_cache.max_ttl
+            self.upkeep_negcache.ttl = new.negative_cache.ttl
+            self.upkeep_negcache.max_ttl = new.negative_cache.max_ttl
             log.info("config_reloaded", path=new.source)
         if self.chain is not None and self._resources is not None:
             # Even with an unchanged or invalid config: SIGHUP is how mmdb files get re-opened.
             self.chain = self.chain.reload(self.config, self._resources)
-        log.info("negative_cache_cleared", entries=self.negcache.clear())
+        log.info("negative_cache_cleared", entries=self.negcache.clear(),
+                 upkeep_entries=self.upkeep_negcache.clear())
         self._enter(Phase.READY)
 
     def snapshot(self) -> Status:

@@ -88,6 +88,7 @@ class IpApiProvider:
     """The ip-api provider: one request at a time, paced by the shared `RateGovernor`."""
 
     name = "ip-api"
+    metered = True  # every request spends the shared per-minute quota (`upkeep` asks last)
 
     def __init__(
         self,

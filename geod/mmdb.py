@@ -104,6 +104,15 @@ class WatchedReader:
     def close(self) -> None:
         self._reader.close()
 
+    @property
+    def build_epoch(self) -> int:
+        """When the file in use was built (its metadata): tells one release from the next."""
+        return int(self._reader.metadata().build_epoch)
+
+    @property
+    def database_type(self) -> str:
+        return str(self._reader.metadata().database_type)
+
     def _log_opened(self) -> None:
         meta = self._reader.metadata()
         built = datetime.fromtimestamp(meta.build_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -160,6 +169,21 @@ class MmdbProvider:
                           action="without_asn")
         else:
             self.asn = _reopen(self.asn, asn_path)
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """What answers can hold: asn/org with an ASN file or from IPinfo Lite's records."""
+        if self.asn is not None or "ipinfo" in self.country.database_type.lower():
+            return frozenset({"country_code", "country_name", "asn", "org"})
+        return frozenset({"country_code", "country_name"})
+
+    def stamp(self) -> str:
+        """The `source` value for answers from the file now in place: "mmdb:<build epoch>".
+
+        Rows whose stamp differs were answered by another build: `upkeep` re-checks them.
+        """
+        self.country.refresh()
+        return f"{self.name}:{self.country.build_epoch}"
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """One Lookup per address: RESOLVED, or MISS when the file has no usable record."""

@@ -37,6 +37,28 @@ class Provider(Protocol):
         ...
 
 
+GEO_FIELDS = frozenset({"country_code", "country_name", "asn", "org"})
+
+
+def provider_fields(provider: Provider) -> frozenset[str]:
+    """The fields a provider can ever answer: its `fields`, else all of them."""
+    fields: frozenset[str] | None = getattr(provider, "fields", None)
+    return fields if fields is not None else GEO_FIELDS
+
+
+def is_metered(provider: Provider) -> bool:
+    """Whether asking `provider` spends a shared quota (`metered = True`: ip-api) rather
+    than reading a local file."""
+    return bool(getattr(provider, "metered", False))
+
+
+def source_tag(provider: Provider) -> str:
+    """What a `source` column records for an answer: the provider's `stamp()` (a file's
+    "mmdb:<build>"), else its name."""
+    stamp: Callable[[], str] | None = getattr(provider, "stamp", None)
+    return stamp() if stamp is not None else provider.name
+
+
 @dataclass(frozen=True, slots=True)
 class Resources:
     """What providers share, built once by the daemon and kept across reloads."""

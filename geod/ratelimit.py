@@ -31,6 +31,9 @@ FINAL_SLOT = 0.5
 FINAL_BURST = 4
 # Windows the demand estimate remembers: a rise counts at once, a fall after this many.
 DEMAND_MEMORY = 2
+# Requests of a window upkeep (refresh, fill) never takes: room for the app's own live look-ups
+# and for a pass that finds new NULL rows before the window resets.
+SPARE_KEEP = 4
 # Share of the others' requests that may be expected to find the window used up (target 2 %).
 SHARE_MISS = 0.01
 # Accepted chance that the others spent all that was left since geod's last response, so that
@@ -201,6 +204,21 @@ class RateGovernor:
         if expected < 1:
             return max(end, now)  # what is left goes in the final burst
         return self._last_sent + max(end - self._last_sent, 0.0) / (expected + 1)
+
+    def spare(self, keep: int = SPARE_KEEP) -> bool:
+        """Whether a request now spends only leftover quota (upkeep's test, see `upkeep`).
+
+        Leftover: this window still has `keep` requests beyond the reserve and the others'
+        expected demand, and the request would not wait for the next window. Unknown (no
+        response yet, or the window is over) counts as spare: the next answer tells.
+        """
+        if self.remaining is None or self.reset_at is None:
+            return True
+        until_reset = self.reset_at + RESET_MARGIN - self._clock()
+        if until_reset <= 0:
+            return True
+        left = self.remaining - 1 - self.reserve - self.demand()
+        return left >= keep and self.delay() < until_reset
 
     async def wait_turn(self) -> None:
         """Sleep until the next request is allowed, then mark it as sent. Cancellable."""

@@ -64,6 +64,48 @@ class Update:
     source: str = ""  # the provider's name, written when a `source` column is mapped
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A row with a country, as read for upkeep: its values are what a write must still find."""
+
+    key: str
+    cursor: Any
+    values: dict[str, Any]  # field name ("country_code", "asn", "updated_at", ...) -> value
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An upkeep write: set `sets` only where the row still holds `expected` (optimistic).
+
+    `kind` is what it counts as: "filled", "confirmed" or "changed".
+    """
+
+    key: str
+    expected: dict[str, Any]
+    sets: dict[str, Any]
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpkeepQuery:
+    """Which rows with a country are worth a look this pass; `Store.upkeep_chunks` reads them.
+
+    A row qualifies when it has a NULL in `fill`, when geod wrote it (its source is one of
+    `geod_sources`, or one of them followed by ":") before `geod_before`, when the app wrote it
+    before `app_before` (or never dated it), or when an mmdb answered it from another build than
+    `mmdb_stamp`. A None / empty field turns its rule off. Timestamps are ISO 8601 UTC text.
+    """
+
+    fill: tuple[str, ...] = ()
+    geod_sources: tuple[str, ...] = ()
+    geod_before: str | None = None
+    app_before: str | None = None
+    mmdb_stamp: str | None = None
+
+    def active(self) -> bool:
+        return bool(self.fill or self.geod_before or self.app_before or self.mmdb_stamp)
+
+
 @dataclass(slots=True)
 class WriteDeadline:
     """When a write gives up waiting for the app's lock, in event-loop time.
@@ -95,6 +137,11 @@ class PassSummary:
     locked: int = 0  # rows resolved but not written: database busy; retried next pass
     missed: int = 0  # rows no provider had data for, none failing (backing off now)
     resolved_by: dict[str, int] = field(default_factory=dict)  # provider name -> rows written
+    # Upkeep of rows that have a country (after the NULL rows; `upkeep`):
+    filled: int = 0  # rows whose NULL name/asn/org got a value
+    confirmed: int = 0  # re-resolved rows whose values still hold (only the timestamp moved)
+    changed: int = 0  # re-resolved rows written with a new value
+    superseded: int = 0  # rows the app rewrote while geod looked them up: left alone
     duration_s: float = 0.0
 
     def line(self) -> str:
@@ -103,7 +150,8 @@ class PassSummary:
             f"unresolved={self.unresolved} retried={self.retried} resolved={self.resolved} "
             f"failed={self.failed} unresolvable={self.unresolvable} "
             f"backed_off={self.backed_off} locked={self.locked} missed={self.missed} "
-            f"duration_s={self.duration_s}"
+            f"filled={self.filled} confirmed={self.confirmed} changed={self.changed} "
+            f"superseded={self.superseded} duration_s={self.duration_s}"
             + (f" resolved_by={by}" if (by := _pairs(self.resolved_by)) else "")
         )
 

@@ -20,9 +20,10 @@ import structlog
 from geod.addresses import sendable
 from geod.backlog import Backlog, parse_stamp
 from geod.negcache import NegativeCache
-from geod.provider import Provider
+from geod.provider import Provider, source_tag
 from geod.records import Lookup, Outcome, PassSummary, Row, Update, WriteDeadline
 from geod.store import STOP_GRACE, Store, StoreBusy
+from geod.upkeep import Upkeep
 
 log = structlog.get_logger("geod.resolve")
 
@@ -70,6 +71,10 @@ class Tally:
     locked: int = 0
     missed: int = 0
     resolved_by: dict[str, int] = field(default_factory=dict)
+    filled: int = 0
+    confirmed: int = 0
+    changed: int = 0
+    superseded: int = 0
     done: int = 0  # rows no provider will be asked about again this pass
     asked: int = 0  # of those, rows a provider answered (or failed on): the pass's throughput
 
@@ -91,7 +96,9 @@ class Pass:
         clock: Callable[[], float],
         now_utc: Callable[[], str] = utc_now,
         progress: Progress | None = None,
+        upkeep: Upkeep | None = None,
     ) -> None:
+        """`upkeep` runs after the NULL rows, with what they left (None: no upkeep)."""
         self.store = store
         self.chain = tuple(chain)
         self.negcache = negcache
@@ -103,6 +110,7 @@ class Pass:
         self._keyless = 0  # due rows with a NULL key: never looked up
         self._stamps: dict[str, float] = {}  # key -> timestamp of the chunk's unsettled rows
         self._oldest_left: float | None = None  # oldest row the pass settled but could not write
+        self.upkeep = upkeep
 
     async def run(self) -> PassSummary:
         """Run the pass. Cancellation (a stop) keeps every batch already written."""
@@ -112,13 +120,16 @@ class Pass:
         due, self._keyless, self._started = counts.rows, counts.keyless, started
         if due == 0:
             log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
-            return PassSummary(duration_s=round(self._clock() - started, 3))
+            await self._keep_up()
+            return self.tally.freeze(duration_s=round(self._clock() - started, 3))
         log.info("geo_re_resolve_start", unresolved=due,
                  providers=[provider.name for provider in self.chain])
         self.tally = Tally(unresolved=due, resolved_by={p.name: 0 for p in self.chain})
         self._report(())
         async for rows in self.store.due_chunks():
             await self._chunk(rows)
+        # Only now, with every NULL row asked about, do rows that have a country get a turn.
+        await self._keep_up()
         return self.tally.freeze(duration_s=round(self._clock() - started, 3))
 
     def backlog(self) -> Backlog | None:
@@ -141,6 +152,21 @@ class Pass:
             oldest_pending=oldest,
             rate=tally.asked / elapsed if tally.asked and elapsed > 0 else None,
         )
+
+    async def _keep_up(self) -> None:
+        if self.upkeep is None:
+            return
+        try:
+            counts = await self.upkeep.run()
+        finally:
+            counts = self.upkeep.counts  # a stop keeps the counts of what was written
+            tally = self.tally
+            tally.filled, tally.confirmed = counts.filled, counts.confirmed
+            tally.changed, tally.superseded = counts.changed, counts.superseded
+        if counts.examined:
+            log.info("upkeep_complete", examined=counts.examined, filled=counts.filled,
+                     confirmed=counts.confirmed, changed=counts.changed,
+                     superseded=counts.superseded, due=counts.by_kind)
 
     async def _chunk(self, rows: Sequence[Row]) -> None:
         """Ask each provider in turn about what is still open in one chunk.
@@ -181,6 +207,9 @@ class Pass:
         *, last: bool,
     ) -> list[Lookup]:
         """One provider call: write its answers, return the look-ups to pass on (MISS, FAILED)."""
+        # Before the call: if the file is replaced in between, the rows say the older build
+        # and are re-checked once more, rather than claiming a build that did not answer.
+        tag = source_tag(provider)
         lookups = await provider.resolve(batch)
         updates: list[Update] = []
         passed_on: list[Lookup] = []
@@ -190,7 +219,7 @@ class Pass:
                 continue  # not asked: a provider bug, never written
             if lookup.outcome is Outcome.RESOLVED and lookup.geo is not None:
                 self._settle(lookup.address, Outcome.RESOLVED, len(keys))
-                updates.extend(Update(key, lookup.geo, provider.name) for key in keys)
+                updates.extend(Update(key, lookup.geo, tag) for key in keys)
             elif lookup.outcome is Outcome.UNRESOLVABLE:  # ends the chain: asking others is moot
                 self._settle(lookup.address, Outcome.UNRESOLVABLE, len(keys))
             else:

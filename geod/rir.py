@@ -25,6 +25,7 @@ class RirProvider:
 
     name = "rir"
     batch_size = LOCAL_BATCH
+    fields = frozenset({"country_code", "country_name"})  # registries record no AS
 
     def __init__(self, names: str = COMMON) -> None:
         self.names = names  # the `[resolve] country_names` style

@@ -22,7 +22,16 @@ import aiosqlite
 from geod.config import DatabaseConfig
 from geod.errors import ConfigError, StoreBusy, StoreError
 from geod.preflight import create_database
-from geod.records import DueCount, Row, StoreReport, Update, WriteDeadline
+from geod.records import (
+    Change,
+    DueCount,
+    Row,
+    Stored,
+    StoreReport,
+    Update,
+    UpkeepQuery,
+    WriteDeadline,
+)
 
 READ_CHUNK = 1000
 # Fields a write never replaces once they hold a value (COALESCE): what the app wrote survives.
@@ -187,6 +196,119 @@ class SqliteStore:
                 raise _store_error("writing results", error) from None
             raise
         return changed
+
+    async def upkeep_chunks(
+        self, query: UpkeepQuery, after: Any = None, size: int = READ_CHUNK
+    ) -> AsyncIterator[list[Stored]]:
+        """Yield rows with a country that `query` selects, in key order after `after`.
+
+        Each chunk carries the mapped values as read: an upkeep write is guarded by them.
+        Raises: StoreBusy.
+        """
+        where, params = self._upkeep_where(query)
+        if not where:
+            return
+        written = self._config.columns.written()
+        names = list(written)
+        cursor_col = self._cursor_column
+        sql = (
+            f"SELECT {self._ip}, {cursor_col}, {', '.join(_quote(c) for c in written.values())} "
+            f"FROM {self._table} WHERE {self._country} IS NOT NULL AND {self._country} != '' "
+            f"AND ({where}) AND {cursor_col} > ? ORDER BY {cursor_col} LIMIT ?"
+        )
+        last: Any = after if after is not None else (-(2**63) if cursor_col == "rowid" else "")
+        while True:
+            try:
+                async with self._conn.execute(sql, (*params, last, size)) as cur:
+                    rows = list(await cur.fetchall())
+            except sqlite3.OperationalError as error:
+                _raise_if_locked("reading rows to keep up", error)
+                raise
+            if not rows:
+                return
+            last = rows[-1][1]
+            yield [Stored(str(row[0]), row[1], dict(zip(names, row[2:], strict=True)))
+                   for row in rows if row[0] is not None]
+            if len(rows) < size:
+                return
+
+    def _upkeep_where(self, query: UpkeepQuery) -> tuple[str, list[Any]]:
+        """The SQL form of `query` over the mapped columns (rules on unmapped ones drop out)."""
+        cols = self._config.columns
+        rules: list[str] = []
+        params: list[Any] = []
+        fill = [_quote(getattr(cols, name)) for name in query.fill if getattr(cols, name, "")]
+        if fill:
+            rules.append(" OR ".join(f"{col} IS NULL" for col in fill))
+        src, ts = _quote(cols.source) if cols.source else "", _quote(cols.updated_at)
+        geod = "0"
+        if src and query.geod_sources:
+            marks = ", ".join("?" for _ in query.geod_sources)
+            globs = " OR ".join(f"{src} GLOB ?" for _ in query.geod_sources)
+            geod = f"({src} IS NOT NULL AND ({src} IN ({marks}) OR {globs}))"
+        geod_params = [*query.geod_sources, *(f"{name}:*" for name in query.geod_sources)]
+        if cols.updated_at and query.geod_before and geod != "0":
+            rules.append(f"{geod} AND ({ts} IS NULL OR {ts} < ?)")
+            params += [*geod_params, query.geod_before]
+        if cols.updated_at and query.app_before:
+            rules.append(f"NOT {geod} AND ({ts} IS NULL OR {ts} < ?)")
+            params += [*(geod_params if geod != "0" else []), query.app_before]
+        if src and query.mmdb_stamp:
+            rules.append(f"({src} = 'mmdb' OR {src} GLOB 'mmdb:*') AND {src} != ?")
+            params.append(query.mmdb_stamp)
+        where = " OR ".join(f"({rule})" for rule in rules)
+        return where, params
+
+    async def write_changes(
+        self, changes: Sequence[Change], deadline: WriteDeadline | None = None
+    ) -> dict[str, int]:
+        """Write upkeep changes in one transaction; returns rows written per `Change.kind`.
+
+        Each row is written only if it still holds every value in `expected` (the app may have
+        rewritten it while geod looked it up: then it is left alone, and not counted).
+        Raises: StoreBusy, sqlite3.Error (nothing committed).
+        """
+        cols = self._config.columns
+        groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
+        for change in changes:
+            if not change.sets:
+                continue
+            shape = (change.kind, tuple(change.sets), tuple(change.expected))
+            groups.setdefault(shape, []).append(
+                (*change.sets.values(), change.key, *change.expected.values()))
+        counts = {change.kind: 0 for change in changes}
+        for change in changes:  # nothing to set (no timestamp/source mapped): nothing can race
+            if not change.sets:
+                counts[change.kind] += 1
+        if not groups:
+            return counts
+        await self._take_write_lock(deadline or WriteDeadline())
+        try:
+            for (kind, sets, expected), params in groups.items():
+                assignments = ", ".join(f"{_quote(getattr(cols, name))} = ?" for name in sets)
+                # The optimistic guard: every mapped value as read. `IS` matches NULL to NULL.
+                guard = " AND ".join(f"{_quote(getattr(cols, name))} IS ?" for name in expected)
+                sql = (f"UPDATE {self._table} SET {assignments} WHERE {self._ip} = ?"
+                       + (f" AND {guard}" if guard else ""))
+                async with self._conn.executemany(sql, params) as cur:
+                    counts[kind] += max(cur.rowcount, 0)
+            await self._conn.execute("COMMIT")
+        except BaseException as error:
+            if self._conn.in_transaction:
+                await self._conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError) and _is_locked(error):
+                raise _store_error("writing upkeep", error) from None
+            raise
+        return counts
+
+    async def read_row(self, key: str) -> dict[str, Any] | None:
+        """The mapped values of the rows whose key is `key` (for `geod explain`); None if none."""
+        written = self._config.columns.written()
+        sql = (f"SELECT {', '.join(_quote(c) for c in written.values())} FROM {self._table} "
+               f"WHERE {self._ip} = ? LIMIT 1")
+        async with self._conn.execute(sql, (key,)) as cur:
+            row = await cur.fetchone()
+        return dict(zip(written, row, strict=True)) if row is not None else None
 
     async def _take_write_lock(self, deadline: WriteDeadline) -> None:
         """BEGIN IMMEDIATE, waiting up to busy_timeout for the app's lock, in short slices.

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
@@ -77,14 +78,22 @@ def write_mmdb(
     *,
     database_type: str = "GeoLite2-Country",
     ip_version: int = 6,
+    build_epoch: int | None = None,
 ) -> Path:
-    """Write `networks` (CIDR -> record) to `path` atomically; IPv4 CIDRs go in ::/96 in v6."""
+    """Write `networks` (CIDR -> record) to `path` atomically; IPv4 CIDRs go in ::/96 in v6.
+
+    `build_epoch` sets the build time in the metadata (default: now, as a vendor's build).
+    """
     writer = MMDBWriter(ip_version=ip_version, ipv4_compatible=ip_version == 6,
                         database_type=database_type, languages=["en"],
                         description="geod test database")
     for cidr, record in networks.items():
         writer.insert_network(IPSet([cidr]), record)
     partial = path.with_name(path.name + ".partial")
-    writer.to_db_file(str(partial))
+    if build_epoch is None:
+        writer.to_db_file(str(partial))
+    else:  # mmdb-writer stamps time.time(); a test needs two builds within one second
+        with mock.patch("mmdb_writer.time.time", return_value=float(build_epoch)):
+            writer.to_db_file(str(partial))
     os.replace(partial, path)
     return path

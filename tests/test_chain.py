@@ -56,6 +56,11 @@ SOURCE_SCHEMA = (
 )
 
 
+def provider_of(source: str | None) -> str | None:
+    """The provider in a `source` value: "mmdb:<build epoch>" -> "mmdb"."""
+    return source.split(":")[0] if source else source
+
+
 def add_rows(db: Path, *ips: str) -> None:
     with sqlite3.connect(db) as conn:
         conn.executemany("INSERT INTO geo_cache (ip) VALUES (?)", [(ip,) for ip in ips])
@@ -70,11 +75,18 @@ async def test_ipapi_is_asked_only_for_what_the_file_missed(
                  schema=SOURCE_SCHEMA)
     fake, _ = fake_server
     summary = await make_daemon(make_config(), fake_clock).run_once()
-    assert fake.sent_ips() == ["9.9.9.9", "1.1.1.1"]
+    # The NULL rows' request first; then upkeep asks, with the quota left, for the AS of the
+    # rows the country-only file answered (a fill: their country stays the file's).
+    asked = [r.ips for r in fake.requests if r.method == "POST"]
+    assert asked == [["9.9.9.9", "1.1.1.1"], ["8.8.8.8", "2001:200::1"]]
     assert summary is not None and summary.resolved_by == {"mmdb": 2, "ip-api": 2}
+    # ip-api places 2001:200::1 in FR, the file in JP: another country's AS is not the row's.
+    assert summary.filled == 1
+    rows = read_rows(db)
+    assert (rows["8.8.8.8"]["asn"], rows["2001:200::1"]["asn"]) == ("AS43639", None)
     [complete] = events(logs, "geo_re_resolve_complete")
     assert complete["resolved_by"] == {"mmdb": 2, "ip-api": 2}
-    sources = {ip: row["source"] for ip, row in read_rows(db).items()}
+    sources = {ip: provider_of(row["source"]) for ip, row in read_rows(db).items()}
     assert sources == {"8.8.8.8": "mmdb", "2001:200::1": "mmdb", "9.9.9.9": "ip-api",
                        "1.1.1.1": "ip-api"}
 
@@ -146,7 +158,7 @@ async def test_every_provider_writes_the_configured_names_and_a_reload_switches_
     daemon = make_daemon(make_config(chain, country_names="iso"), fake_clock, done)
     await daemon.run()
     rows = read_rows(db)
-    names = {ip: (row["source"], row["country_name"]) for ip, row in rows.items()}
+    names = {ip: (provider_of(row["source"]), row["country_name"]) for ip, row in rows.items()}
     assert names == {
         "8.8.8.8": ("mmdb", "Korea, Republic of"),
         "77.88.8.8": ("rir", "Russian Federation"),

@@ -27,7 +27,8 @@ from tests.proc import REPO, FakeServer, _base_env, run_geod, start_fake_ipapi, 
 EXIT_CONFIG = 78
 SUMMARY = re.compile(
     r"unresolved=\d+ retried=\d+ resolved=\d+ failed=\d+ unresolvable=\d+ backed_off=\d+ "
-    r"locked=\d+ missed=\d+ duration_s=\d+(\.\d+)?( resolved_by=[a-z-]+:\d+(,[a-z-]+:\d+)*)?"
+    r"locked=\d+ missed=\d+ filled=\d+ confirmed=\d+ changed=\d+ superseded=\d+ "
+    r"duration_s=\d+(\.\d+)?( resolved_by=[a-z-]+:\d+(,[a-z-]+:\d+)*)?"
 )
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 SECRET = "k3y-d0-n0t-l3ak-9f8e7d"  # noqa: S105 - a made-up key that must never be shown
@@ -417,8 +418,11 @@ def test_once_resolves_rows_and_prints_one_summary(
 
 
 def test_once_with_nothing_to_do(tmp_path: Path, make_db: MakeDb, fake: FakeServer) -> None:
-    """`once` on a table without NULL rows sends nothing and prints a zero summary."""
-    db = make_db(rows=[("8.8.8.8", "US"), ("1.1.1.1", "")])
+    """`once` on a table without NULL rows or gaps sends nothing and prints a zero summary."""
+    db = make_db(rows=[("8.8.8.8", "US", "United States", "AS15169", "Google LLC"),
+                       ("1.1.1.1", "", None, None, None)],
+                 insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
+                        "VALUES (?, ?, ?, ?, ?)")
     path = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url)
     result = run_geod("--config", str(path), "once")
     assert result.returncode == 0, result.stderr

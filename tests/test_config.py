@@ -29,6 +29,7 @@ from geod.config import (
     NegativeCacheConfig,
     config_path,
     load_config,
+    parse_age,
 )
 from geod.errors import ConfigError
 from tests.conftest import write_config
@@ -858,3 +859,37 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     return repr(value)
+
+
+REFRESH_CASES: list[Any] = [
+    pytest.param("", {"refresh.after": "30d", "refresh.app_after": "off", "refresh.fill": True,
+                      "refresh.new_mmdb_build": True, "refresh.per_pass": 10_000},
+                 id="refresh-defaults"),
+    pytest.param('[refresh]\nafter = "12h"\napp_after = "2w"\n',
+                 {"refresh.after": "12h", "refresh.app_after": "2w"}, id="refresh-ages"),
+    pytest.param('[refresh]\nafter = "30 days"\n',
+                 "{file}: [refresh] after: must be \"off\" or a number and a unit (s, m, h, d, w),"
+                 " got '30 days'", id="refresh-age-words"),
+    pytest.param('[refresh]\nafter = "30s"\n',
+                 "{file}: [refresh] after: must be between 1 minute and 10 years, got '30s'",
+                 id="refresh-age-too-short"),
+    pytest.param('[refresh]\napp_after = "٣d"\n',
+                 "{file}: [refresh] app_after: must be \"off\" or a number and a unit "
+                 "(s, m, h, d, w), got '٣d'", id="refresh-age-not-ascii"),
+    pytest.param('[database.columns]\nupdated_at = ""\n[refresh]\napp_after = "90d"\n',
+                 "{file}: [refresh] app_after: needs [database.columns] updated_at "
+                 "(the age of the app's rows)", id="refresh-app-rows-need-a-timestamp"),
+    pytest.param("[refresh]\nper_pass = 0\n",
+                 "{file}: [refresh] per_pass: must be 1..1000000, got 0", id="refresh-per-pass"),
+]
+
+
+@pytest.mark.parametrize(("toml", "expected"), REFRESH_CASES)
+def test_load_refresh_config(tmp_path: Path, toml: str, expected: str | dict[str, Any]) -> None:
+    """`[refresh]` ages parse to seconds or fail naming the key; app rows need a timestamp."""
+    check_case(tmp_path, toml, expected)
+
+
+def test_refresh_ages_in_seconds() -> None:
+    """'30d' is 30 days of seconds; 'off' is None."""
+    assert (parse_age("30d"), parse_age("90m"), parse_age("off")) == (2_592_000.0, 5400.0, None)

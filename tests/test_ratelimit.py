@@ -280,3 +280,36 @@ async def test_share_off_starves_the_others() -> None:
     tenant = Tenant("dash", 2, 2)
     await run_shared([tenant], windows=8, share="off")
     assert tenant.throttled >= 4
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reserve", "others", "spare"),
+    [
+        (None, 0, 0, True),  # nothing known yet: the next answer tells
+        (14, 0, 0, True),
+        (5, 0, 0, True),  # 4 still left after this one
+        (4, 0, 0, False),  # the last 4 of a window are never upkeep's
+        (9, 5, 0, False),  # nor the reserve
+        (9, 0, 5, False),  # nor what the others are expected to ask for
+    ],
+)
+def test_spare_is_quota_beyond_reserve_demand_and_keep(
+        fake_clock: FakeClock, remaining: int | None, reserve: int, others: int,
+        spare: bool) -> None:
+    """Upkeep spends only what a window has beyond the reserve, the others' demand and 4."""
+    governor = RateGovernor(reserve, fake_clock, fake_clock.sleep, share=True)
+    if remaining is not None:
+        governor.observe(14, 60)  # the window's first answer: limit 15
+        governor.others_now = others
+        governor.observe(remaining, 59)
+        governor.others_now = others
+    assert governor.spare() is spare
+
+
+def test_spare_returns_when_the_window_resets(fake_clock: FakeClock) -> None:
+    """A used-up window is spare again once it has reset."""
+    governor = RateGovernor(0, fake_clock, fake_clock.sleep)
+    governor.observe(1, 30)
+    assert not governor.spare()
+    fake_clock.advance(31)
+    assert governor.spare()

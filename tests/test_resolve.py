@@ -345,7 +345,8 @@ async def test_summary_line_and_start_event_name_the_chain(
     summary = await chain_pass_over(path, [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {})],
                               negcache, fake_clock)
     assert events(logs, "geo_re_resolve_start")[0]["providers"] == ["mmdb", "rir"]
-    assert summary.line().endswith("missed=1 duration_s=0.0 resolved_by=mmdb:1,rir:0")
+    assert summary.line().endswith("missed=1 filled=0 confirmed=0 changed=0 superseded=0 "
+                                   "duration_s=0.0 resolved_by=mmdb:1,rir:0")
 
 
 async def test_progress_reports_every_providers_lookups_and_counts_rows_once(

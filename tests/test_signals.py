@@ -51,7 +51,11 @@ def wait_until(check: Callable[[], bool], timeout: float = 10) -> None:
 def test_startup_schedules_and_first_pass_resolves(tmp_path: Path, make_db: MakeDb) -> None:
     """Startup logs the schedule, the first pass resolves every row, SIGTERM when idle exits 0."""
     public = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"]
-    db = make_db(rows=[*((ip, None) for ip in public), ("9.9.9.9", "US")])
+    # The app's own row is complete: no upkeep (a fill) adds requests to what is counted here.
+    db = make_db(rows=[*((ip, None, None, None, None) for ip in public),
+                       ("9.9.9.9", "US", "United States", "AS19281", "Quad9")],
+                 insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
+                        "VALUES (?, ?, ?, ?, ?)")
     with start_fake_ipapi(tmp_path) as fake:
         cfg = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url,
                                 interval=INTERVAL)  # fmt: skip

@@ -1,0 +1,321 @@
+"""Upkeep of rows that already have a country: fill their gaps, re-resolve them when old.
+
+It runs after the NULL rows of a pass, with the capacity they left: offline providers always, a
+metered one (ip-api) only while `may_spend()` says its window has quota to spare. It examines at
+most `per_pass` rows a pass, resuming where the last pass stopped. Writes are optimistic, with no
+lock across a look-up: a row is written only if it still holds every value geod read. A fill
+only sets NULL fields; a refresh sets only values that differ, and is counted `confirmed` or
+`changed`. Deciding what to write is pure (`classify`, `decide`); `Upkeep` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from geod.addresses import sendable
+from geod.config import PROVIDERS, Config
+from geod.negcache import NegativeCache
+from geod.provider import Provider, is_metered, provider_fields, source_tag
+from geod.records import Change, Geo, Outcome, Stored, UpkeepQuery, WriteDeadline
+from geod.store import STOP_GRACE, StoreBusy
+from geod.validate import country_name
+
+log = structlog.get_logger("geod.upkeep")
+
+GEO_FIELDS = ("country_code", "country_name", "asn", "org")
+FILL_FIELDS = ("country_name", "asn", "org")
+STAMP = "%Y-%m-%dT%H:%M:%SZ"  # what geod writes into `updated_at`, and compares it with
+
+
+class Kind(enum.Enum):
+    FILL = "fill"  # has a country, lacks a name / asn / org
+    REFRESH = "refresh"  # older than its `after`: re-resolved through the whole chain
+    REBUILD = "rebuild"  # answered by another build of the mmdb file: re-checked offline
+
+
+class UpkeepStore(Protocol):
+    """What upkeep needs from a store, beyond `store.Store` (a store without it gets none)."""
+
+    def upkeep_chunks(self, query: UpkeepQuery, after: Any = ..., size: int = ...
+                      ) -> AsyncIterator[list[Stored]]: ...
+
+    async def write_changes(self, changes: Sequence[Change],
+                            deadline: WriteDeadline | None = None) -> dict[str, int]: ...
+
+
+def make_query(config: Config, chain: Sequence[Provider], now: datetime) -> UpkeepQuery:
+    """This pass's `UpkeepQuery` from `[refresh]`, the mapped columns and the chain."""
+    refresh, cols = config.refresh, config.database.columns
+    can = frozenset().union(*(provider_fields(p) for p in chain)) if chain else frozenset()
+    # A NULL name is always fillable (it follows from the code); asn/org only with a provider
+    # that has them, or every row without one would be read again every pass for nothing.
+    fill = tuple(name for name in FILL_FIELDS if refresh.fill and getattr(cols, name)
+                 and (name == "country_name" or name in can))
+    after, app_after = refresh.after_s(), refresh.app_after_s()
+    stamps = [source_tag(p) for p in chain if p.name == "mmdb"]
+    return UpkeepQuery(
+        fill=fill,
+        geod_sources=PROVIDERS if cols.source else (),
+        geod_before=_before(now, after) if after and cols.source else None,
+        app_before=_before(now, app_after) if app_after else None,
+        mmdb_stamp=stamps[0] if stamps and refresh.new_mmdb_build and cols.source else None,
+    )
+
+
+def for_pass(
+    config: Config, store: object, chain: Sequence[Provider], negcache: NegativeCache,
+    cursor: Cursor, may_spend: Callable[[], bool], now_utc: Callable[[], str],
+) -> Upkeep | None:
+    """This pass's upkeep, or None when the store cannot do it or nothing is switched on."""
+    if not hasattr(store, "upkeep_chunks") or not hasattr(store, "write_changes"):
+        return None
+    query = make_query(config, chain, utc_datetime(now_utc()))
+    if not query.active():
+        return None
+    upkeep_store: UpkeepStore = store  # checked just above
+    return Upkeep(upkeep_store, chain, negcache, query, per_pass=config.refresh.per_pass,
+                  cursor=cursor, may_spend=may_spend, now_utc=now_utc,
+                  names=config.resolve.country_names)
+
+
+def _before(now: datetime, seconds: float) -> str:
+    return (now - timedelta(seconds=seconds)).strftime(STAMP)
+
+
+def is_geods(source: Any, sources: Sequence[str]) -> bool:
+    return isinstance(source, str) and any(
+        source == name or source.startswith(name + ":") for name in sources)
+
+
+def classify(row: Stored, query: UpkeepQuery) -> Kind | None:
+    """Why `row` needs upkeep (a refresh covers a fill and a re-check), or None."""
+    values = row.values
+    stamp = values.get("updated_at")
+    geods = is_geods(values.get("source"), query.geod_sources)
+    old_before = query.geod_before if geods else query.app_before
+    if old_before is not None and "updated_at" in values and (
+            stamp is None or str(stamp) < old_before):
+        return Kind.REFRESH
+    source = values.get("source")
+    if (query.mmdb_stamp and isinstance(source, str) and source != query.mmdb_stamp
+            and (source == "mmdb" or source.startswith("mmdb:"))):
+        return Kind.REBUILD
+    if any(name in values and values[name] is None for name in query.fill):
+        return Kind.FILL
+    return None
+
+
+def local_fill(row: Stored, style: str) -> dict[str, Any]:
+    """What a fill can set without asking anyone: the country's name follows from its code."""
+    if "country_name" in row.values and row.values["country_name"] is None:
+        name = country_name(str(row.values.get("country_code")).upper(), style)
+        if name is not None:
+            return {"country_name": name}
+    return {}
+
+
+def decide(row: Stored, kind: Kind, geo: Geo, tag: str, now: str,
+           preset: dict[str, Any] | None = None) -> Change | None:
+    """The write one answer calls for; None when it says nothing new about the row.
+
+    A fill sets only NULL fields (`preset`: what it sets anyway, see `local_fill`), and only from
+    an answer that agrees on the country: another country's AS would not belong to the row. A
+    refresh or re-check sets every field the answer has that differs (a field the answer lacks
+    keeps its value), plus the timestamp and source.
+    """
+    values = row.values
+    if kind is Kind.FILL:
+        preset = preset or {}
+        if geo.country_code != str(values.get("country_code")).upper():
+            return None
+        sets = {name: getattr(geo, name) for name in FILL_FIELDS
+                if name in values and values[name] is None and name not in preset
+                and getattr(geo, name) is not None}
+        return Change(row.key, dict(values), {**preset, **sets}, "filled") if sets else None
+    sets = {name: getattr(geo, name) for name in GEO_FIELDS
+            if name in values and getattr(geo, name) is not None
+            and getattr(geo, name) != values[name]}
+    kind_name = "changed" if sets else "confirmed"
+    if "updated_at" in values:
+        sets["updated_at"] = now
+    if "source" in values and values["source"] != tag:
+        sets["source"] = tag
+    return Change(row.key, dict(values), sets, kind_name)
+
+
+@dataclass(slots=True)
+class Cursor:
+    """Where the next pass's upkeep resumes (the store's position); None = the start."""
+
+    after: Any = None
+
+
+@dataclass(slots=True)
+class Counts:
+    examined: int = 0
+    filled: int = 0
+    confirmed: int = 0
+    changed: int = 0
+    superseded: int = 0
+    locked: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Open:
+    """One address still being asked about: its rows and why each needs upkeep."""
+
+    rows: list[tuple[Stored, Kind]]
+    base: dict[str, dict[str, Any]]  # row key -> what a fill sets without a provider
+
+
+class Upkeep:
+    """One pass's upkeep over `store` through `chain` (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: UpkeepStore,
+        chain: Sequence[Provider],
+        negcache: NegativeCache,
+        query: UpkeepQuery,
+        *,
+        per_pass: int,
+        cursor: Cursor,
+        may_spend: Callable[[], bool],
+        now_utc: Callable[[], str],
+        names: str,
+    ) -> None:
+        self.store = store
+        # Offline providers first: they cost nothing and never wait.
+        self.chain = [p for p in chain if not is_metered(p)] + [p for p in chain if is_metered(p)]
+        self.negcache = negcache
+        self.query = query
+        self.per_pass = per_pass
+        self.cursor = cursor
+        self.counts = Counts()
+        self._may_spend = may_spend
+        self._now_utc = now_utc
+        self._names = names
+        self._spending = True  # until a metered provider's window has nothing to spare
+
+    async def run(self) -> Counts:
+        """Examine up to `per_pass` rows from the cursor on; cancellation keeps what is written."""
+        if not self.query.active():
+            return self.counts
+        left = self.per_pass
+        chunk_size = min(1000, left)
+        async for rows in self.store.upkeep_chunks(self.query, self.cursor.after, chunk_size):
+            rows = rows[:left]
+            left -= len(rows)
+            self.counts.examined += len(rows)
+            await self._chunk(rows)
+            self.cursor.after = rows[-1].cursor if rows else None
+            if left <= 0:
+                return self.counts
+        self.cursor.after = None  # reached the end: the next pass starts over
+        return self.counts
+
+    async def _chunk(self, rows: Sequence[Stored]) -> None:
+        now = self._now_utc()
+        open_: dict[str, _Open] = {}
+        changes: list[Change] = []
+        for row in rows:
+            kind = classify(row, self.query)
+            address = sendable(row.key)
+            if kind is None or address is None or self.negcache.blocked(address):
+                continue
+            self.counts.by_kind[kind.value] = self.counts.by_kind.get(kind.value, 0) + 1
+            preset = local_fill(row, self._names) if kind is Kind.FILL else {}
+            if kind is Kind.FILL and not any(
+                    row.values.get(name, "") is None and name not in preset
+                    for name in self.query.fill):
+                if preset:  # only the name was missing: no provider needed
+                    changes.append(Change(row.key, dict(row.values), preset, "filled"))
+                continue
+            entry = open_.setdefault(address, _Open([], {}))
+            entry.rows.append((row, kind))
+            entry.base[row.key] = preset
+        for provider in self.chain:
+            metered = is_metered(provider)
+            asked = [a for a, entry in open_.items()
+                     if not (metered and all(k is Kind.REBUILD for _, k in entry.rows))]
+            for batch in _batches(asked, provider.batch_size):
+                if metered and not (self._spending and self._may_spend()):
+                    self._spending = False  # the rest waits for a later pass, not backed off
+                    for address in batch:
+                        changes += _presets(open_.pop(address))
+                    continue
+                tag = source_tag(provider)  # before the call, as in `resolve`
+                for lookup in await provider.resolve(batch):
+                    found = open_.get(lookup.address)
+                    if found is None or lookup.outcome is not Outcome.RESOLVED or not lookup.geo:
+                        continue
+                    found.rows = _answer(found, lookup.geo, tag, now, changes)
+                    if not found.rows:
+                        del open_[lookup.address]
+        for address, entry in open_.items():  # no provider had anything new for these
+            self.negcache.record_failure(address)
+            changes += _presets(entry)
+        await self._write(changes)
+
+    async def _write(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        deadline = WriteDeadline()
+        write = asyncio.ensure_future(self.store.write_changes(changes, deadline))
+        try:
+            counts = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            deadline.at = min(deadline.at, asyncio.get_running_loop().time() + STOP_GRACE)
+            await asyncio.wait([write])
+            if not write.cancelled() and write.exception() is None:
+                self._count(changes, write.result())
+            raise
+        except StoreBusy:
+            self.counts.locked += len(changes)
+            log.warning("database_locked", rows=len(changes), action="retry_next_pass")
+        else:
+            self._count(changes, counts)
+
+    def _count(self, changes: list[Change], written: dict[str, int]) -> None:
+        c = self.counts
+        c.filled += written.get("filled", 0)
+        c.confirmed += written.get("confirmed", 0)
+        c.changed += written.get("changed", 0)
+        c.superseded += max(len(changes) - sum(written.values()), 0)
+
+
+def _answer(entry: _Open, geo: Geo, tag: str, now: str,
+            changes: list[Change]) -> list[tuple[Stored, Kind]]:
+    """Turn one answer into changes; returns the rows it said nothing new about."""
+    still: list[tuple[Stored, Kind]] = []
+    for row, kind in entry.rows:
+        change = decide(row, kind, geo, tag, now, entry.base.get(row.key))
+        if change is None:
+            still.append((row, kind))
+        else:
+            changes.append(change)
+    return still
+
+
+def _presets(entry: _Open) -> list[Change]:
+    """The fills of `entry` that need no provider (its rows' names), when none answered."""
+    return [Change(row.key, dict(row.values), entry.base[row.key], "filled")
+            for row, _ in entry.rows if entry.base.get(row.key)]
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def utc_datetime(stamp: str) -> datetime:
+    """Parse geod's own timestamp format back (for the query's cutoffs)."""
+    return datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
