@@ -11,11 +11,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import structlog
 
-from geod import logs, systemd
+from geod import logs, preview, systemd
 from geod.about import version_text, versions
 from geod.addresses import sendable
 from geod.checkconfig import check_config, who_to_check
@@ -45,7 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the version and what it runs on, then exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
-    commands.add_parser("once", parents=[common], help="run one pass, print its summary, exit")
+    once = commands.add_parser("once", parents=[common],
+                               help="run one pass, print its summary, exit")
+    once.add_argument("--dry-run", action="store_true",
+                      help="write nothing: list what the pass would change")
+    once.add_argument("--json", action="store_true", help="with --dry-run: one JSON object")
+    once.add_argument("--ask-ipapi", action="store_true",
+                      help="with --dry-run: ask ip-api too (spends its quota)")
+    explain = commands.add_parser(
+        "explain", parents=[common],
+        help="show one address's row, each provider's answer and what a pass would write")
+    explain.add_argument("address", help="the ip column's value, as stored")
+    explain.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    explain.add_argument("--ask-ipapi", action="store_true",
+                         help="ask ip-api too (spends its quota)")
     check = commands.add_parser(
         "check-config", parents=[common],
         help="validate the config and the database access, print the effective config",
@@ -107,8 +121,13 @@ def _command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "status":
         return asyncio.run(_status(config, as_json=args.json))
+    if args.command == "once" and args.dry_run:
+        return asyncio.run(_dry_run(config, as_json=args.json, ask_ipapi=args.ask_ipapi))
     if args.command == "once":
         return asyncio.run(_once(config))
+    if args.command == "explain":
+        return asyncio.run(_explain(config, args.address, as_json=args.json,
+                                    ask_ipapi=args.ask_ipapi))
     return asyncio.run(_run(config))
 
 
@@ -125,6 +144,28 @@ async def _once(config: Config) -> int:
     summary = await Daemon(config).run_once()
     if summary is not None:
         print(summary.line())
+    return EXIT_OK
+
+
+async def _dry_run(config: Config, *, as_json: bool, ask_ipapi: bool) -> int:
+    summary, planned = await preview.dry_run(config, ask_ipapi=ask_ipapi)
+    if as_json:
+        print(json.dumps({"summary": asdict(summary),
+                          "would_write": [plan.as_json() for plan in planned]}))
+        return EXIT_OK
+    for line in preview.render_planned(planned):
+        print(line)
+    print(f"dry run: nothing written; {summary.line()}")
+    return EXIT_OK
+
+
+async def _explain(config: Config, address: str, *, as_json: bool, ask_ipapi: bool) -> int:
+    result = await preview.explain(config, address, ask_ipapi=ask_ipapi)
+    if as_json:
+        print(json.dumps(result.as_json()))
+        return EXIT_OK
+    for line in preview.render_explanation(result):
+        print(line)
     return EXIT_OK
 
 

@@ -37,7 +37,8 @@ def test_every_config_key_is_documented() -> None:
 def test_every_command_is_in_geod_8() -> None:
     """Each sub-command of the parser appears in geod(8)."""
     page = manpage.geod_8()
-    for name in ("run", "once", "check\\-config", "status", "install\\-files", "demo"):
+    for name in ("run", "once", "explain", "check\\-config", "status", "install\\-files",
+                 "demo"):
         assert f"\\fB{name}\\fR" in page, name
 
 

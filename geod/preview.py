@@ -1,0 +1,285 @@
+"""`geod explain ADDRESS` and `geod once --dry-run`: what geod sees and would do, written nowhere.
+
+Both run the real providers and the real pass logic against the real table, but every write goes
+to a `DryRunStore` that records it instead. Neither asks a metered provider (ip-api) unless told
+to (`ask_ipapi`): a look at one row must not spend the quota the NULL rows need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from geod.addresses import classify as classify_address
+from geod.chain import Chain
+from geod.config import Config
+from geod.negcache import NegativeCache
+from geod.provider import Provider, Resources, is_metered, make_session, source_tag
+from geod.ratelimit import RateGovernor
+from geod.records import (
+    Change,
+    Geo,
+    PassSummary,
+    Stored,
+    Update,
+    UpkeepQuery,
+    WriteDeadline,
+)
+from geod.resolve import Pass, utc_now
+from geod.sqlite_store import KEPT, SqliteStore
+from geod.store import open_store
+from geod.upkeep import (
+    Cursor,
+    Kind,
+    decide,
+    for_pass,
+    local_fill,
+    make_query,
+    utc_datetime,
+)
+from geod.upkeep import classify as classify_row
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One row a pass would write: each field's (stored, new) value, and why."""
+
+    key: str
+    kind: str  # "resolved" (a NULL country), "filled", "confirmed", "changed"
+    fields: dict[str, tuple[Any, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ip": self.key, "kind": self.kind,
+                "fields": {name: {"from": old, "to": new}
+                           for name, (old, new) in self.fields.items()}}
+
+
+class DryRunStore(SqliteStore):
+    """The real `SqliteStore` (reads and all), whose writes are recorded as `Planned` rows and
+    never reach the file (which is open read-only besides)."""
+
+    planned: list[Planned]
+
+    @classmethod
+    async def open_readonly(cls, config: Config) -> DryRunStore:
+        store = await cls.open(config.database, config.source, readonly=True)
+        if not isinstance(store, DryRunStore):  # pragma: no cover - open() builds a cls
+            raise TypeError("SqliteStore.open did not build a DryRunStore")
+        store.planned = []
+        return store
+
+    async def write(self, updates: Sequence[Update], resolved_at: str,
+                    deadline: WriteDeadline | None = None) -> int:
+        for update in updates:
+            stored = await self.read_row(update.key) or {}
+            new = {"country_code": update.geo.country_code, "updated_at": resolved_at,
+                   "source": update.source}
+            for name in KEPT:  # the write's COALESCE: only where the row holds NULL
+                if stored.get(name) is None:
+                    new[name] = getattr(update.geo, name)
+            self._plan(update.key, "resolved", stored, new)
+        return len(updates)
+
+    async def write_changes(self, changes: Sequence[Change],
+                            deadline: WriteDeadline | None = None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for change in changes:
+            self._plan(change.key, change.kind, change.expected, change.sets)
+            counts[change.kind] = counts.get(change.kind, 0) + 1
+        return counts
+
+    def _plan(self, key: str, kind: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
+        fields = {name: (stored[name], new[name]) for name in stored  # the table's order
+                  if name in new and stored[name] != new[name]}
+        self.planned.append(Planned(key, kind, fields))
+
+
+@dataclass(slots=True)
+class Explanation:
+    address: str
+    stored: dict[str, Any] | None
+    sendable: str | None
+    verdict: str  # whether and why a pass would look at the row
+    answers: list[dict[str, Any]] = field(default_factory=list)  # chain order
+    backoff: str = ""
+    would_write: Planned | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ip": self.address, "stored": self.stored, "sendable": self.sendable,
+                "verdict": self.verdict, "answers": self.answers, "backoff": self.backoff,
+                "would_write": self.would_write.as_json() if self.would_write else None}
+
+
+async def _chain(config: Config, ask_ipapi: bool) -> tuple[Chain, Resources]:
+    loop = asyncio.get_running_loop()
+    governor = RateGovernor(config.ipapi.reserve, loop.time, asyncio.sleep,
+                            share=config.ipapi.share == "auto")
+    resources = Resources(make_session(), governor, loop.time, asyncio.sleep)
+    try:
+        chain = Chain.open(config, resources)
+    except BaseException:
+        await resources.session.close()
+        raise
+    if not ask_ipapi:
+        chain = Chain([p for p in chain.providers if not is_metered(p)])
+    return chain, resources
+
+
+async def dry_run(config: Config, *, ask_ipapi: bool = False) -> tuple[PassSummary, list[Planned]]:
+    """One pass exactly as `geod once` runs it, with every write recorded instead of made."""
+    chain, resources = await _chain(config, ask_ipapi)
+    loop = asyncio.get_running_loop()
+    try:
+        # Read-only (mode=ro): a preview can never create or change a file, whatever it does.
+        store = await DryRunStore.open_readonly(config)
+        try:
+            neg = config.negative_cache
+            upkeep = for_pass(config, store, chain.providers,
+                              NegativeCache(neg.ttl, neg.max_ttl, loop.time), Cursor(),
+                              resources.governor.spare, utc_now)
+            summary = await Pass(store, chain.providers,
+                                 NegativeCache(neg.ttl, neg.max_ttl, loop.time),
+                                 clock=loop.time, upkeep=upkeep).run()
+        finally:
+            await store.close()
+    finally:
+        chain.close()
+        await resources.session.close()
+    return summary, store.planned
+
+
+async def explain(config: Config, address: str, *, ask_ipapi: bool = False) -> Explanation:
+    """What geod knows and would do about one stored address (nothing is written)."""
+    store = await open_store(config, readonly=True)
+    try:
+        stored = await store.read_row(address) if isinstance(store, SqliteStore) else None
+    finally:
+        await store.close()
+    target = classify_address(address)
+    chain, resources = await _chain(config, ask_ipapi=True)
+    try:
+        result = Explanation(address, stored, target.address, "")
+        query = make_query(config, chain.providers, utc_datetime(utc_now()))
+        result.verdict, kind = _verdict(stored, target.address, target.reason, query)
+        result.backoff = ("the running daemon keeps its back-off in memory (cleared by "
+                          "`systemctl reload geod`); a failed look-up waits "
+                          f"{config.negative_cache.ttl}s, doubling up to "
+                          f"{config.negative_cache.max_ttl}s")
+        geos: list[tuple[Provider, Geo]] = []
+        for provider in chain.providers:
+            if target.address is None:
+                break
+            if is_metered(provider) and not ask_ipapi:
+                result.answers.append({"provider": provider.name, "outcome": "not asked",
+                                       "reason": "spends ip-api quota; add --ask-ipapi"})
+                continue
+            tag = source_tag(provider)
+            [lookup] = await provider.resolve([target.address])
+            answer: dict[str, Any] = {"provider": provider.name, "outcome": lookup.outcome.value}
+            if lookup.geo is not None:
+                answer.update(_geo_fields(lookup.geo))
+                geos.append((provider, lookup.geo))
+            if lookup.reason:
+                answer["reason"] = lookup.reason
+            answer["source"] = tag
+            result.answers.append(answer)
+        result.would_write = _would_write(config, address, stored, kind, geos)
+    finally:
+        chain.close()
+        await resources.session.close()
+    return result
+
+
+def _verdict(stored: dict[str, Any] | None, address: str | None, reason: str,
+             query: UpkeepQuery) -> tuple[str, Kind | str | None]:
+    if stored is None:
+        return "not in the table: a pass never sees it", None
+    if address is None:
+        return f"never sent: the address is {reason}", None
+    if stored.get("country_code") is None:
+        return "due: the country is NULL, the next pass asks the chain", "resolve"
+    if stored.get("country_code") == "":
+        return "not due: the app marked it unknown ('' is the app's own and is kept)", None
+    kind = classify_row(Stored(address, None, stored), query)
+    if kind is Kind.REFRESH:
+        return "stale: re-resolved with capacity the NULL rows leave", kind
+    if kind is Kind.REBUILD:
+        return "answered by an older mmdb build: re-checked offline on the next pass", kind
+    if kind is Kind.FILL:
+        return "has gaps: name/asn/org filled from a provider that agrees on the country", kind
+    return "not due: it has a country and nothing to refresh or fill", None
+
+
+def _would_write(config: Config, key: str, stored: dict[str, Any] | None,
+                 kind: Kind | str | None, geos: list[tuple[Provider, Geo]]) -> Planned | None:
+    if stored is None or kind is None:
+        return None
+    now = utc_now()
+    if kind == "resolve":
+        if not geos:
+            return None
+        provider, geo = geos[0]
+        new = {"country_code": geo.country_code, "updated_at": now, "source": source_tag(provider)}
+        new.update({name: getattr(geo, name) for name in KEPT if stored.get(name) is None})
+        fields = {n: (stored.get(n), v) for n, v in new.items() if n in stored and stored[n] != v}
+        return Planned(key, "resolved", fields)
+    if not isinstance(kind, Kind):
+        return None
+    row = Stored(key, None, stored)
+    preset = local_fill(row, config.resolve.country_names) if kind is Kind.FILL else {}
+    for provider, geo in geos:
+        if kind is Kind.REBUILD and is_metered(provider):
+            continue
+        change = decide(row, kind, geo, source_tag(provider), now, preset)
+        if change is not None:
+            fields = {n: (stored.get(n), v) for n, v in change.sets.items()}
+            return Planned(key, change.kind, fields)
+    return Planned(key, "filled", {n: (None, v) for n, v in preset.items()}) if preset else None
+
+
+def _geo_fields(geo: Geo) -> dict[str, Any]:
+    return {"country_code": geo.country_code, "country_name": geo.country_name,
+            "asn": geo.asn, "org": geo.org}
+
+
+def render_planned(planned: Sequence[Planned]) -> list[str]:
+    """The diff-style listing: one line per row, one indented line per field."""
+    lines: list[str] = []
+    for plan in planned:
+        lines.append(f"{plan.kind:9} {plan.key}")
+        for name, (old, new) in plan.fields.items():
+            lines.append(f"  {name}: {_show(old)} -> {_show(new)}")
+    return lines
+
+
+def render_explanation(result: Explanation) -> list[str]:
+    lines = [f"address      {result.address}",
+             f"stored       {_row(result.stored)}",
+             f"sendable     {result.sendable or 'no'}",
+             f"verdict      {result.verdict}",
+             "answers      (in chain order)"]
+    for answer in result.answers:
+        rest = {k: v for k, v in answer.items() if k not in ("provider", "outcome")}
+        detail = " ".join(f"{k}={_show(v)}" for k, v in rest.items())
+        lines.append(f"  {answer['provider']:8} {answer['outcome']:10} {detail}".rstrip())
+    lines.append(f"back-off     {result.backoff}")
+    if result.would_write is None:
+        lines.append("would write  nothing")
+    else:
+        lines.append(f"would write  ({result.would_write.kind})")
+        lines += [f"  {name}: {_show(old)} -> {_show(new)}"
+                  for name, (old, new) in result.would_write.fields.items()]
+    return lines
+
+
+def _row(stored: dict[str, Any] | None) -> str:
+    if stored is None:
+        return "no such row"
+    return " ".join(f"{name}={_show(value)}" for name, value in stored.items())
+
+
+def _show(value: Any) -> str:
+    return "NULL" if value is None else repr(value) if isinstance(value, str) else str(value)
+
