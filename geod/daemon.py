@@ -28,7 +28,7 @@ from geod.records import Lookup, PassSummary
 from geod.resolve import Pass, utc_now
 from geod.status import Phase, Status
 from geod.store import StoreBusy, open_store
-from geod.upkeep import Cursor, for_pass
+from geod.upkeep import Cursor, OneWindow, for_pass
 
 log = structlog.get_logger("geod.daemon")
 
@@ -192,8 +192,9 @@ class Daemon:
             raise RuntimeError("Daemon.startup() must run before a pass")
         store = await open_store(self.config)
         providers = self.chain.providers
+        spend = OneWindow(self.governor.spare, self._clock, self.governor.window or 60.0)
         upkeep = for_pass(self.config, store, providers, self.upkeep_negcache,
-                          self.upkeep_cursor, self.governor.spare, utc_now)
+                          self.upkeep_cursor, spend, utc_now)
         self._running = Pass(store, providers, self.negcache, clock=self._clock,
                              progress=self._progress, upkeep=upkeep)
         try:

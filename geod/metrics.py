@@ -92,6 +92,13 @@ class StatusCollector(Collector):
         yield lookups
         yield CounterMetricFamily("geod_rows_resolved", "Rows written with a country",
                                   value=status.rows_resolved)
+        upkeep = CounterMetricFamily(
+            "geod_rows_upkept", "Rows with a country kept up by passes that ended normally: "
+            "filled (a NULL name/asn/org set), confirmed or changed (re-resolved), superseded "
+            "(rewritten by the app during the look-up, left alone)", labels=["result"])
+        for result in ("filled", "confirmed", "changed", "superseded"):
+            upkeep.add_metric([result], status.rows_upkept[result])
+        yield upkeep
         requests = CounterMetricFamily(
             "geod_api_requests", "HTTP requests to look-up APIs, by status (error = no answer)",
             labels=["status"])

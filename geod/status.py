@@ -47,6 +47,8 @@ class Status:
     passes: Counter[str] = field(default_factory=Counter)  # "success" / "error" -> passes
     unresolved: int = 0  # due rows: counted when a pass starts, less the rows it resolved
     rows_resolved: int = 0  # rows written by passes that ended normally
+    # Upkeep of rows with a country, by result: filled / confirmed / changed / superseded.
+    rows_upkept: Counter[str] = field(default_factory=Counter)
     lookups: Counter[tuple[str, str]] = field(default_factory=Counter)  # (provider, outcome)
     durations: list[int] = field(default_factory=lambda: [0] * (len(PASS_BUCKETS) + 1))
     duration_sum: float = 0.0
@@ -82,6 +84,8 @@ class Status:
             return
         self.passes["success"] += 1
         self.rows_resolved += summary.resolved
+        self.rows_upkept.update(filled=summary.filled, confirmed=summary.confirmed,
+                                changed=summary.changed, superseded=summary.superseded)
         self.unresolved = max(summary.unresolved - summary.resolved, 0)
         self.last_success_at = wall_time
         self.duration_sum += summary.duration_s

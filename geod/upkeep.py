@@ -69,6 +69,27 @@ def make_query(config: Config, chain: Sequence[Provider], now: datetime) -> Upke
     )
 
 
+class OneWindow:
+    """`may_spend` for one pass: spare quota (`RateGovernor.spare`), for one window's time.
+
+    However many rows are stale, ip-api upkeep then never stretches a pass past about a window
+    (60 s), so the next pass, and the NULL rows it brings, is never pushed back by it.
+    """
+
+    def __init__(self, spare: Callable[[], bool], clock: Callable[[], float],
+                 window: float = 60.0) -> None:
+        self._spare = spare
+        self._clock = clock
+        self._window = window
+        self._started: float | None = None
+
+    def __call__(self) -> bool:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        return now - self._started < self._window and self._spare()
+
+
 def for_pass(
     config: Config, store: object, chain: Sequence[Provider], negcache: NegativeCache,
     cursor: Cursor, may_spend: Callable[[], bool], now_utc: Callable[[], str],

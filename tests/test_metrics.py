@@ -59,10 +59,12 @@ def test_metrics_read_the_status() -> None:
     assert value(before, "geod_unresolved_rows") == 120
     assert value(before, "geod_last_success_timestamp_seconds") == 0
     assert value(before, "geod_passes_total", result="error") == 0  # present from the start
+    assert value(before, "geod_rows_upkept_total", result="changed") == 0
     status.negative_cache_entries = 7
     status.rate_limit_waited_s = 23.5
     status.api_responses.update(["200", "200", "429", "error"])
-    status.pass_ended(PassSummary(unresolved=120, resolved=118, duration_s=2.5), "",
+    status.pass_ended(PassSummary(unresolved=120, resolved=118, filled=4, confirmed=30,
+                                  changed=6, superseded=1, duration_s=2.5), "",
                       1_800_000_000.0)
     status.pass_ended(None, "opening database x: unable to open database file", 1.0)
     after = samples(metrics.render()[0].decode())
@@ -79,6 +81,8 @@ def test_metrics_read_the_status() -> None:
     assert value(after, "geod_lookups_total", provider="ip-api", result="resolved") == 2
     assert value(after, "geod_lookups_total", provider="ip-api", result="failed") == 1
     assert value(after, "geod_rows_resolved_total") == 118
+    assert [value(after, "geod_rows_upkept_total", result=r)
+            for r in ("filled", "confirmed", "changed", "superseded")] == [4, 30, 6, 1]
     assert value(after, "geod_api_requests_total", status="200") == 2
     assert value(after, "geod_api_requests_total", status="error") == 1
     assert value(after, "geod_api_rate_limited_total") == 1

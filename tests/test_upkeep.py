@@ -16,8 +16,8 @@ from geod.provider import Provider
 from geod.records import Geo, Lookup, Outcome, PassSummary
 from geod.resolve import Pass
 from geod.sqlite_store import SqliteStore
-from geod.upkeep import Cursor, for_pass
-from tests.conftest import FakeClock, MakeConfig, MakeDb, make_daemon, read_rows
+from geod.upkeep import Cursor, OneWindow, for_pass
+from tests.conftest import FakeClock, Logs, MakeConfig, MakeDb, events, make_daemon, read_rows
 from tests.fake_ipapi import FakeIpApi
 from tests.mmdb_files import geolite2_asn, geolite2_country, ipinfo_lite, write_mmdb
 
@@ -270,7 +270,7 @@ async def test_upkeep_examines_per_pass_rows_and_resumes_where_it_stopped(
 
 async def test_rows_from_an_older_mmdb_build_are_rechecked_offline(
         make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
-        fake_server: tuple[FakeIpApi, str], tmp_path: Path) -> None:
+        fake_server: tuple[FakeIpApi, str], tmp_path: Path, logs: Logs) -> None:
     """geoipupdate brings a new build: the rows the old one answered are re-checked from the
     file on the next pass (and never sent to ip-api), then left alone until the next build."""
     path = write_mmdb(tmp_path / "c.mmdb", {"8.8.8.0/24": geolite2_country("US", "US"),
@@ -299,3 +299,17 @@ async def test_rows_from_an_older_mmdb_build_are_rechecked_offline(
     assert [(s.resolved, s.changed, s.confirmed) for s in summaries] == \
         [(2, 0, 0), (0, 1, 1), (0, 0, 0)]
     assert fake_server[0].sent_ips() == []
+    [journal] = events(logs, "upkeep_complete")  # the journal says it, in numbers
+    assert {k: journal[k] for k in ("examined", "changed", "confirmed", "due")} == \
+        {"examined": 2, "changed": 1, "confirmed": 1, "due": {"rebuild": 2}}
+
+
+def test_ipapi_upkeep_gets_one_windows_time_a_pass(fake_clock: FakeClock) -> None:
+    """Spare quota is spent for about one window from upkeep's first request, then no more."""
+    spend = OneWindow(lambda: True, fake_clock, 60.0)
+    assert spend()
+    fake_clock.advance(59)
+    assert spend()
+    fake_clock.advance(2)
+    assert not spend()
+    assert not OneWindow(lambda: False, fake_clock)()  # and never more than is spare
