@@ -158,6 +158,9 @@ class Pass:
             return
         try:
             counts = await self.upkeep.run()
+        except StoreBusy:  # the app held its lock through a read: the NULL rows are done
+            log.warning("database_locked", action="retry_next_pass", during="upkeep")
+            counts = self.upkeep.counts
         finally:
             counts = self.upkeep.counts  # a stop keeps the counts of what was written
             tally = self.tally

@@ -4,13 +4,14 @@ once and only into rows the app left alone, mmdb builds re-checked, NULL rows fi
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from geod.config import Config
+from geod.errors import StoreBusy
 from geod.negcache import NegativeCache
 from geod.provider import Provider
 from geod.records import Geo, Lookup, Outcome, PassSummary
@@ -313,3 +314,33 @@ def test_ipapi_upkeep_gets_one_windows_time_a_pass(fake_clock: FakeClock) -> Non
     fake_clock.advance(2)
     assert not spend()
     assert not OneWindow(lambda: False, fake_clock)()  # and never more than is spare
+
+
+async def test_a_lock_during_upkeep_ends_upkeep_not_the_pass(
+        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """The NULL rows' results stand and the pass succeeds; upkeep tries again next pass."""
+    db = make_table(make_db, [("8.8.8.8", None, None, None, None, None, None),
+                              ("8.8.4.4", "DE", "Germany", "AS1", "x", OLD, "rir")])
+    provider = Scripted("rir", {a: Geo("FR", "France") for a in ("8.8.8.8", "8.8.4.4")})
+    config = config_for(db)
+    store = await SqliteStore.open(config.database, config.source)
+
+    class Locked:
+        """The app holds its lock through upkeep's read."""
+
+        async def upkeep_chunks(self, *args: Any) -> AsyncIterator[list[Any]]:
+            raise StoreBusy("reading rows to keep up: database is locked")
+            yield []  # an async generator, as the real one
+
+    try:
+        upkeep = for_pass(config, store, [provider], NegativeCache(600, 86400, fake_clock),
+                          Cursor(), lambda: True, lambda: NOW)
+        assert upkeep is not None
+        upkeep.store = Locked()  # type: ignore[assignment]  # only upkeep_chunks is reached
+        summary = await Pass(store, [provider], NegativeCache(600, 86400, fake_clock),
+                             clock=fake_clock, now_utc=lambda: NOW, upkeep=upkeep).run()
+    finally:
+        await store.close()
+    assert (summary.resolved, summary.changed) == (1, 0)
+    assert events(logs, "database_locked")[0]["during"] == "upkeep"
