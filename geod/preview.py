@@ -30,16 +30,9 @@ from geod.records import (
 from geod.resolve import Pass, utc_now
 from geod.sqlite_store import KEPT, SqliteStore
 from geod.store import open_store
-from geod.upkeep import (
-    Cursor,
-    Kind,
-    decide,
-    for_pass,
-    local_fill,
-    make_query,
-    utc_datetime,
-)
-from geod.upkeep import classify as classify_row
+from geod.upkeep import Cursor, for_pass
+from geod.upkeep_rules import Kind, decide, local_fill, make_query, utc_datetime
+from geod.upkeep_rules import classify as classify_row
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,39 +5,27 @@ metered one (ip-api) only while `may_spend()` says its window has quota to spare
 most `per_pass` rows a pass, resuming where the last pass stopped. Writes are optimistic, with no
 lock across a look-up: a row is written only if it still holds every value geod read. A fill
 only sets NULL fields; a refresh sets only values that differ, and is counted `confirmed` or
-`changed`. Deciding what to write is pure (`classify`, `decide`); `Upkeep` does the I/O.
+`changed`. What to write is decided by the pure rules in `upkeep_rules`; this does the I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from geod.addresses import sendable
-from geod.config import PROVIDERS, Config
+from geod.config import Config
 from geod.negcache import NegativeCache
-from geod.provider import Provider, is_metered, provider_fields, source_tag
+from geod.provider import Provider, is_metered, source_tag
 from geod.records import Change, Geo, Outcome, Stored, UpkeepQuery, WriteDeadline
 from geod.store import STOP_GRACE, StoreBusy
-from geod.validate import country_name
+from geod.upkeep_rules import Kind, classify, decide, local_fill, make_query, utc_datetime
 
 log = structlog.get_logger("geod.upkeep")
-
-GEO_FIELDS = ("country_code", "country_name", "asn", "org")
-FILL_FIELDS = ("country_name", "asn", "org")
-STAMP = "%Y-%m-%dT%H:%M:%SZ"  # what geod writes into `updated_at`, and compares it with
-
-
-class Kind(enum.Enum):
-    FILL = "fill"  # has a country, lacks a name / asn / org
-    REFRESH = "refresh"  # older than its `after`: re-resolved through the whole chain
-    REBUILD = "rebuild"  # answered by another build of the mmdb file: re-checked offline
 
 
 class UpkeepStore(Protocol):
@@ -48,25 +36,6 @@ class UpkeepStore(Protocol):
 
     async def write_changes(self, changes: Sequence[Change],
                             deadline: WriteDeadline | None = None) -> dict[str, int]: ...
-
-
-def make_query(config: Config, chain: Sequence[Provider], now: datetime) -> UpkeepQuery:
-    """This pass's `UpkeepQuery` from `[refresh]`, the mapped columns and the chain."""
-    refresh, cols = config.refresh, config.database.columns
-    can = frozenset().union(*(provider_fields(p) for p in chain)) if chain else frozenset()
-    # A NULL name is always fillable (it follows from the code); asn/org only with a provider
-    # that has them, or every row without one would be read again every pass for nothing.
-    fill = tuple(name for name in FILL_FIELDS if refresh.fill and getattr(cols, name)
-                 and (name == "country_name" or name in can))
-    after, app_after = refresh.after_s(), refresh.app_after_s()
-    stamps = [source_tag(p) for p in chain if p.name == "mmdb"]
-    return UpkeepQuery(
-        fill=fill,
-        geod_sources=PROVIDERS if cols.source else (),
-        geod_before=_before(now, after) if after and cols.source else None,
-        app_before=_before(now, app_after) if app_after else None,
-        mmdb_stamp=stamps[0] if stamps and refresh.new_mmdb_build and cols.source else None,
-    )
 
 
 class OneWindow:
@@ -104,71 +73,6 @@ def for_pass(
     return Upkeep(upkeep_store, chain, negcache, query, per_pass=config.refresh.per_pass,
                   cursor=cursor, may_spend=may_spend, now_utc=now_utc,
                   names=config.resolve.country_names)
-
-
-def _before(now: datetime, seconds: float) -> str:
-    return (now - timedelta(seconds=seconds)).strftime(STAMP)
-
-
-def is_geods(source: Any, sources: Sequence[str]) -> bool:
-    return isinstance(source, str) and any(
-        source == name or source.startswith(name + ":") for name in sources)
-
-
-def classify(row: Stored, query: UpkeepQuery) -> Kind | None:
-    """Why `row` needs upkeep (a refresh covers a fill and a re-check), or None."""
-    values = row.values
-    stamp = values.get("updated_at")
-    geods = is_geods(values.get("source"), query.geod_sources)
-    old_before = query.geod_before if geods else query.app_before
-    if old_before is not None and "updated_at" in values and (
-            stamp is None or str(stamp) < old_before):
-        return Kind.REFRESH
-    source = values.get("source")
-    if (query.mmdb_stamp and isinstance(source, str) and source != query.mmdb_stamp
-            and (source == "mmdb" or source.startswith("mmdb:"))):
-        return Kind.REBUILD
-    if any(name in values and values[name] is None for name in query.fill):
-        return Kind.FILL
-    return None
-
-
-def local_fill(row: Stored, style: str) -> dict[str, Any]:
-    """What a fill can set without asking anyone: the country's name follows from its code."""
-    if "country_name" in row.values and row.values["country_name"] is None:
-        name = country_name(str(row.values.get("country_code")).upper(), style)
-        if name is not None:
-            return {"country_name": name}
-    return {}
-
-
-def decide(row: Stored, kind: Kind, geo: Geo, tag: str, now: str,
-           preset: dict[str, Any] | None = None) -> Change | None:
-    """The write one answer calls for; None when it says nothing new about the row.
-
-    A fill sets only NULL fields (`preset`: what it sets anyway, see `local_fill`), and only from
-    an answer that agrees on the country: another country's AS would not belong to the row. A
-    refresh or re-check sets every field the answer has that differs (a field the answer lacks
-    keeps its value), plus the timestamp and source.
-    """
-    values = row.values
-    if kind is Kind.FILL:
-        preset = preset or {}
-        if geo.country_code != str(values.get("country_code")).upper():
-            return None
-        sets = {name: getattr(geo, name) for name in FILL_FIELDS
-                if name in values and values[name] is None and name not in preset
-                and getattr(geo, name) is not None}
-        return Change(row.key, dict(values), {**preset, **sets}, "filled") if sets else None
-    sets = {name: getattr(geo, name) for name in GEO_FIELDS
-            if name in values and getattr(geo, name) is not None
-            and getattr(geo, name) != values[name]}
-    kind_name = "changed" if sets else "confirmed"
-    if "updated_at" in values:
-        sets["updated_at"] = now
-    if "source" in values and values["source"] != tag:
-        sets["source"] = tag
-    return Change(row.key, dict(values), sets, kind_name)
 
 
 @dataclass(slots=True)
@@ -335,8 +239,3 @@ def _presets(entry: _Open) -> list[Change]:
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def utc_datetime(stamp: str) -> datetime:
-    """Parse geod's own timestamp format back (for the query's cutoffs)."""
-    return datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
