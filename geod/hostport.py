@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from geod.netnum import parse_count
+
 # An IPv4 address or a DNS name; IPv6 goes in brackets and is checked as an address.
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?")
 
@@ -27,9 +29,10 @@ def split_host_port(listen: str) -> tuple[str, int]:
         valid_host = bool(_HOSTNAME.fullmatch(host))
     if not sep or not valid_host:
         raise ValueError(f"must be host:port (IPv6 as [address]:port), got {listen!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    number = parse_count(port, 65535, low=1) if port.strip() == port else None
+    if number is None:
         raise ValueError(f"port must be 1..65535, got {listen!r}")
-    return host, int(port)
+    return host, number
 
 
 def _is_ip(text: str) -> bool:

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from geod.netnum import parse_count
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -40,13 +42,14 @@ def is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     variable is inherited, so systemd.exec(5) says to compare it with the stream itself.
     """
     device, sep, inode = environ.get("JOURNAL_STREAM", "").partition(":")
-    if not (sep and device.isdigit() and inode.isdigit()):
+    dev, ino = parse_count(device, 2**64 - 1), parse_count(inode, 2**64 - 1)
+    if not sep or dev is None or ino is None:
         return False
     try:
         stat = os.fstat(stream.fileno())
     except (OSError, ValueError, AttributeError):  # closed, or no file behind it (io.StringIO)
         return False
-    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    return (stat.st_dev, stat.st_ino) == (dev, ino)
 
 
 class JournalRenderer:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
+from geod.netnum import parse_count
+
 log = structlog.get_logger("geod.notify")
 
 
@@ -37,10 +39,10 @@ def watchdog_interval(environ: Mapping[str, str], pid: int) -> float | None:
     owner = environ.get("WATCHDOG_PID", "")
     if owner and owner != str(pid):
         return None
-    raw = environ.get("WATCHDOG_USEC", "")
-    if not raw.isdigit() or int(raw) == 0:
+    usec = parse_count(environ.get("WATCHDOG_USEC"), 2**64 - 1, low=1)
+    if usec is None:
         return None
-    return int(raw) / 2 / 1_000_000
+    return usec / 2 / 1_000_000
 
 
 def monotonic_usec() -> int:
