@@ -8,6 +8,7 @@ before a request; tenacity retries after a failure. Neither ever sends a request
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,8 +27,17 @@ from tenacity import (
 from geod import validate
 from geod.config import Config, IpApiConfig
 from geod.country_names import COMMON
+from geod.netnum import parse_count
 from geod.provider import Resources
-from geod.ratelimit import RateGovernor
+from geod.ratelimit import (
+    BAN_PAUSE,
+    KEY_PAUSE,
+    MAX_RETRY_AFTER,
+    MAX_RL,
+    MAX_TTL,
+    UNBAN_URL,
+    RateGovernor,
+)
 from geod.records import Geo, Lookup, Outcome
 
 log = structlog.get_logger("geod.ipapi")
@@ -142,6 +152,10 @@ class IpApiProvider:
         )
         async for attempt in retrying:
             with attempt:
+                paused = self._governor.paused(self._key_id)
+                if paused > 0:  # a ban or a refused key, maybe remembered from before a restart
+                    raise IpApiError(f"{self._governor.pause_reason}: not asking ip-api for "
+                                     f"another {paused / 3600:.1f} h")
                 await self._governor.wait_turn()
                 return await self._post(addresses)
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
@@ -152,26 +166,32 @@ class IpApiProvider:
             params["key"] = self._config.key
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         try:
+            # Never follow a redirect: it would re-post the visitors' addresses to wherever
+            # `Location` points (the free endpoint is plain HTTP; anyone on the path can answer).
             response = await self._session.post(
-                self._config.url, json=list(addresses), params=params, timeout=timeout)
+                self._config.url, json=list(addresses), params=params, timeout=timeout,
+                allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError):
             self.responses["error"] += 1
             raise
         self.responses[str(response.status)] += 1
         async with response:
-            remaining, ttl = _header_int(response, "X-Rl"), _header_int(response, "X-Ttl")
+            remaining = _header_int(response, "X-Rl", MAX_RL)
+            ttl = _header_int(response, "X-Ttl", MAX_TTL)
             # A 429 or a 5xx did not use quota; any X-Rl drop around it was someone else's.
             served = response.status < 500 and response.status != 429
-            self._governor.observe(remaining, ttl, served=served)
+            if not (self._config.key and remaining is None and ttl is None):
+                # (The pro service has no fixed limit and need not send the headers.)
+                self._governor.observe(remaining, ttl, served=served)
             if response.status == 429:
-                retry_after = _header_int(response, "Retry-After")
-                if ttl is None and retry_after is not None:
+                retry_after = _header_int(response, "Retry-After", MAX_RETRY_AFTER)
+                if ttl is None or remaining is None:
                     self._governor.block_for(retry_after)
                 raise IpApiError("rate limited", 429, ttl=ttl, retry_after=retry_after)
-            if response.status == 403:
-                # ip-api answers 403 to an address it banned; only a person can undo that.
-                raise IpApiError("forbidden: this address may be banned by ip-api "
-                                 "(see https://ip-api.com/docs/unban)", 403)
+            if response.status in (401, 403):
+                raise self._refused(response.status)
+            if 300 <= response.status < 400:
+                raise IpApiError("redirect not followed", response.status)
             if response.status != 200:
                 raise IpApiError("unexpected status", response.status)
             if response.content_type != "application/json":
@@ -181,6 +201,30 @@ class IpApiProvider:
             return json.loads(body)
         except (ValueError, RecursionError):  # deep nesting ("[[[[...") recurses, 1 MiB or not
             raise IpApiError("malformed JSON in answer", 200) from None
+
+    def _refused(self, status: int) -> IpApiError:
+        """Record a refusal that waiting for the window will not cure; no retry, no loop.
+
+        With a key it is the key (invalid or expired): paused until the key changes. Without,
+        ip-api answers 403 to an address it banned, and only a person can undo that.
+        """
+        if self._config.key:
+            self._governor.refuse("key refused", KEY_PAUSE, key=self._key_id)
+            log.error("ipapi_key_refused", status=status, paused_h=KEY_PAUSE / 3600,
+                      action="check [ipapi] key or key_file, then systemctl reload geod")
+            return IpApiError("key refused: invalid or expired pro key", status)
+        self._governor.refuse("banned", BAN_PAUSE)
+        log.error("ipapi_banned", status=status, paused_h=BAN_PAUSE / 3600, unban=UNBAN_URL,
+                  action="unban this host's address on the unban page; geod asks again "
+                         "after the pause (delete its state file to ask sooner)")
+        return IpApiError(f"forbidden: this address may be banned by ip-api (see {UNBAN_URL})",
+                          status)
+
+    @property
+    def _key_id(self) -> str:
+        """Which key a refusal was about, without keeping the key (the state file is on disk)."""
+        key = self._config.key
+        return hashlib.sha256(key.encode()).hexdigest()[:16] if key else ""
 
     def _log_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -262,9 +306,9 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return bytes(body)
 
 
-def _header_int(response: aiohttp.ClientResponse, name: str) -> int | None:
-    value = response.headers.get(name, "")
-    return int(value) if value.isdigit() and len(value) <= 9 else None
+def _header_int(response: aiohttp.ClientResponse, name: str, high: int) -> int | None:
+    """A rate header as the number ip-api can mean (0..high), or None: see `netnum`."""
+    return parse_count(response.headers.get(name), high)
 
 
 def _describe(error: BaseException | None) -> str:

@@ -6,7 +6,11 @@ programs spent. From that the governor estimates their demand per window and, at
 leaves free what they are still likely to ask for before the reset (their requests come at
 random moments: a Poisson model). It spreads its own requests over the window, the last just
 before the reset, so it takes the full ceiling when alone and nearly all the others leave when
-shared. Pure bookkeeping plus one `wait_turn` coroutine, testable with a fake clock.
+shared. When the pass says how many requests it still has (`backlog`) and they fit in what
+the window can spare now, they go at once. Without usable headers it assumes the documented
+limit (15 a minute) and never sends faster. A refusal that is not a window's 429 (a ban, a
+refused key) pauses ip-api for hours. `snapshot`/`restore` carry all of this across restarts.
+Pure bookkeeping plus one `wait_turn` coroutine, testable with a fake clock.
 """
 
 from __future__ import annotations
@@ -39,6 +43,24 @@ SHARE_MISS = 0.01
 # Accepted chance that the others spent all that was left since geod's last response, so that
 # geod's own next request would be a 429 (429s are what get a host banned).
 OWN_TAIL = 0.01
+
+# What ip-api's headers can mean (anything else is ignored: the free endpoint is plain HTTP, so
+# anyone on the path can write them). The free limits are 15 and 45 a minute.
+MAX_RL = 100  # well above both; also bounds the Poisson sums below
+MAX_TTL = 300  # windows are a minute; five is generous
+MAX_RETRY_AFTER = 3600
+# Without usable headers, the free batch endpoint's documented limit, one request per slot.
+ASSUMED_LIMIT = 15
+ASSUMED_WINDOW = 60.0
+# X-Ttl may be rounded down: after a 429 just past a reset geod waited for, wait this much longer.
+MARGIN_STEP = 1.0
+MAX_RESET_MARGIN = RESET_MARGIN + 2 * MARGIN_STEP
+# A 403 from the free endpoint: the host may be banned; a person must unban it. Ask again only
+# this long after (persisted), so a restart loop cannot keep knocking.
+BAN_PAUSE = 6 * 3600.0
+# A refused pro key will not start working by itself: pause until the key changes (or a day).
+KEY_PAUSE = 24 * 3600.0
+UNBAN_URL = "https://ip-api.com/docs/unban"
 
 
 def _largest(acceptable: Callable[[float], bool], high: float) -> float:
@@ -106,20 +128,45 @@ class RateGovernor:
         self.history: deque[int] = deque(maxlen=DEMAND_MEMORY)  # the same, past windows
         self.waited_s = 0.0
         self.latency = 0.0  # seconds a request takes, smoothed (for timing the final burst)
-        self._last_seen: float | None = None  # when the last X-Rl arrived
+        self.last_seen: float | None = None  # when the last X-Rl arrived
         self._last_sent: float | None = None
         self._clock = clock
         self._sleep = sleep
         self._on_wait = on_wait
         self._logged: tuple[int, int] | None = None
+        # Requests the running pass still has to send (None = unknown: pace as for an endless
+        # backlog). Set by the pass (`daemon`), counted down here by each request.
+        self.backlog: int | None = None
+        self.blind = False  # the last response had no usable X-Rl/X-Ttl: assume the worst
+        self.reset_margin = RESET_MARGIN
+        self._waited_for_reset: float | None = None  # the reset the last long wait was for
+        self.paused_until: float | None = None  # a ban or refused key: no request before this
+        self.pause_reason = ""  # "banned" | "key refused"
+        self.pause_key = ""  # for "key refused": which key (a fingerprint, never the key)
+        self.waiting = False  # in a wait for a new window (a reload may interrupt the pass)
 
     # -- what the headers say --------------------------------------------------------------
 
     def observe(self, remaining: int | None, ttl: float | None, *, served: bool = True) -> None:
-        """Record one response's headers. `served` is False for a 429 or 5xx (no quota used)."""
-        if remaining is None or ttl is None:
-            return
+        """Record one response's headers. `served` is False for a 429 or 5xx (no quota used).
+
+        Out-of-range values count as missing (the parser should have dropped them already).
+        """
         now = self._clock()
+        if remaining is not None and not 0 <= remaining <= MAX_RL:
+            remaining = None
+        if ttl is not None and not 0 <= ttl <= MAX_TTL:
+            ttl = None
+        if remaining is None or ttl is None:
+            self.blind = True  # pace as if the window were the documented one and spent
+            return
+        self.blind = False
+        if not served and self._waited_for_reset is not None and (
+            now - self._waited_for_reset < MAX_RESET_MARGIN + 1.0
+        ):
+            # Refused right after a reset geod waited for: X-Ttl was rounded down.
+            self.reset_margin = min(self.reset_margin + MARGIN_STEP, MAX_RESET_MARGIN)
+        self._waited_for_reset = None
         self.window = max(self.window, float(ttl))
         last_remaining, last_reset = self.remaining, self.reset_at
         if (
@@ -144,13 +191,34 @@ class RateGovernor:
         if self._last_sent is not None and now >= self._last_sent:
             self.latency = 0.8 * self.latency + 0.2 * min(now - self._last_sent, 5.0)
         self.remaining = remaining
-        self._last_seen = now
+        self.last_seen = now
         self._log_share()
 
-    def block_for(self, seconds: float) -> None:
-        """Honour a server-imposed pause (Retry-After) that came without X-Rl/X-Ttl."""
+    def block_for(self, seconds: float | None) -> None:
+        """Honour a 429 that came without X-Rl/X-Ttl: its Retry-After, else a whole window."""
+        if seconds is None or not 0 <= seconds <= MAX_RETRY_AFTER:
+            seconds = ASSUMED_WINDOW
         self.remaining = 0
         self.reset_at = max(self.reset_at or 0.0, self._clock() + seconds)
+
+    def refuse(self, reason: str, seconds: float, key: str = "") -> None:
+        """Stop asking for `seconds`: ip-api refused this host ("banned") or key ("key refused")."""
+        self.paused_until = self._clock() + seconds
+        self.pause_reason = reason
+        self.pause_key = key
+
+    def paused(self, key: str = "") -> float:
+        """Seconds ip-api is still off limits for a client with `key` (a fingerprint); 0 = ask.
+
+        A key refusal holds only for the key that was refused: a new key is tried at once.
+        """
+        if self.paused_until is None:
+            return 0.0
+        left = self.paused_until - self._clock()
+        if left <= 0 or (self.pause_reason == "key refused" and key != self.pause_key):
+            self.paused_until, self.pause_reason, self.pause_key = None, "", ""
+            return 0.0
+        return left
 
     # -- the estimate ----------------------------------------------------------------------
 
@@ -164,6 +232,17 @@ class RateGovernor:
         """geod's requests per window at the current estimate (for logs and status)."""
         return max(self.limit - self.demand() - self.reserve, 0)
 
+    def keep(self, time_left: float) -> int:
+        """Requests to leave free with `time_left` seconds of the window to go."""
+        demand = self.demand()
+        if demand == 0 or self.window <= 0:
+            return self.reserve
+        to_come = demand * min(max(time_left, 0.0), self.window) / self.window
+        needed = 0
+        while self._absorbs(needed, demand) < to_come:
+            needed += 1
+        return max(self.reserve, needed)
+
     @staticmethod
     def _absorbs(free: int, demand: int) -> float:
         """How many of the others' requests, on average still to come, `free` can absorb."""
@@ -173,22 +252,35 @@ class RateGovernor:
 
     def delay(self) -> float:
         """Seconds to wait before the next request may go out (0 = now)."""
+        now = self._clock()
+        if self.blind and self._last_sent is not None:
+            # No usable headers: one request per slot of the documented limit, never faster.
+            slot = self._last_sent + ASSUMED_WINDOW / ASSUMED_LIMIT
+            blocked = self.reset_at + self.reset_margin if self.reset_at is not None else now
+            return max(slot, blocked, now) - now
         if self.remaining is None or self.reset_at is None:
             return 0.0
-        now = self._clock()
-        until_reset = self.reset_at + RESET_MARGIN - now
+        until_reset = self.reset_at + self.reset_margin - now
         if until_reset <= 0:
             return 0.0  # a new window has begun; its budget is unknown until the next response
         spare = self.remaining - 1  # what would be left free after one more request
         if spare < self.reserve:
             return until_reset
         demand = self.demand()
+        if self.backlog is not None and self.backlog <= self.remaining - self.keep(until_reset):
+            # The rest of the pass fits in what the window can spare: send it now, unless X-Rl
+            # is so old that the others may have spent what it promised.
+            if not self.share or demand == 0 or self.window <= 0:
+                return 0.0
+            stale = self.last_seen or now
+            if now <= stale + tail_bound(spare, OWN_TAIL) * self.window / demand:
+                return 0.0
         if not self.share or demand == 0 or self.window <= 0:
             return max(self._paced(now), now) - now
         # `keep` shrinks as the window runs out: the earliest moment `spare` is enough ...
         earliest = self.reset_at - self._absorbs(spare, demand) * self.window / demand
         # ... and X-Rl grows stale as the others keep asking: past this, a 429 of our own.
-        stale = self._last_seen or now
+        stale = self.last_seen or now
         deadline = stale + tail_bound(spare, OWN_TAIL) * self.window / demand
         start = max(earliest, min(self._paced(now), deadline), now)
         return start - now if start <= deadline else until_reset
@@ -224,14 +316,23 @@ class RateGovernor:
         """Sleep until the next request is allowed, then mark it as sent. Cancellable."""
         wait = self.delay()
         if wait > 0:
-            if self.reset_at is not None and wait >= self.reset_at - self._clock():
+            long_wait = self.reset_at is not None and wait >= self.reset_at - self._clock()
+            if long_wait:
                 log.info("rate_limit_wait", wait_s=round(wait, 2), remaining=self.remaining,
                          others_per_window=self.demand())
                 if self._on_wait is not None:
                     self._on_wait(wait)
             self.waited_s += wait
-            await self._sleep(wait)
+            self.waiting = long_wait
+            try:
+                await self._sleep(wait)
+            finally:
+                self.waiting = False
+            if long_wait:
+                self._waited_for_reset = self._clock()
         self._last_sent = self._clock()
+        if self.backlog is not None:
+            self.backlog = max(self.backlog - 1, 0)
 
     def _log_share(self) -> None:
         """Say when the estimate changes, so an operator sees why geod is below the ceiling."""

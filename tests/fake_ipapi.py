@@ -219,8 +219,14 @@ class FakeIpApi:
         ban_after: int = 30,
         max_items: int = 100,
         json_limit: int = JSON_LIMIT,
+        keys: frozenset[str] | None = None,
     ) -> None:
         self.max_items = max_items
+        # The pro service: when set, a request whose `key` is not one of these is refused with
+        # 403 (ip-api.md does not say how a bad key is refused; geod treats 401 and 403 alike).
+        self.keys = keys
+        # Rewrites the rate headers of every answer: what anyone on the plain-HTTP path can do.
+        self.tamper: Callable[[dict[str, str]], dict[str, str]] | None = None
         self.ban_after = ban_after
         self.faults: collections.deque[Fault] = collections.deque()
         self.requests: list[RecordedRequest] = []
@@ -368,9 +374,17 @@ class FakeIpApi:
         if tenant in self.banned:
             record(403, None)
             return web.Response(status=403, text="banned: over the rate limit too often")
+        if self.keys is not None and request.query.get("key") not in self.keys:
+            record(403, None)
+            return web.Response(status=403, text="invalid key")
         window.roll(now)
         fault = self.faults.popleft() if self.faults else None
         response = self._answer(tenant, now, window, fault, answer, fields, single, record)
+        if response is not None and self.tamper is not None:
+            rate = {k: v for k, v in response.headers.items() if k in ("X-Rl", "X-Ttl")}
+            for name in rate:
+                del response.headers[name]
+            response.headers.update(self.tamper(rate))
         if fault is not None and fault.delay > 0:
             # Real time, decided and recorded first: a server slower than the client's timeout.
             await asyncio.sleep(fault.delay)
@@ -398,6 +412,8 @@ class FakeIpApi:
                 self._note_429(tenant)
             throttled = status == 429
             headers = window.headers(now, throttled=throttled) if fault.headers else {}
+            if 300 <= status < 400:  # a redirect elsewhere, as a hijacked path might send
+                headers["Location"] = "/elsewhere"
             record(status, kind)
             text = f"{status} injected fault"
             return web.Response(status=status, text=text, headers=headers)

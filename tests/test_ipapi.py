@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -131,15 +132,16 @@ async def test_429_waits_x_ttl_then_retries(fake_ipapi: ServerFactory, fake_cloc
     assert fake_clock.sleeps[0] >= 60
 
 
-async def test_429_without_headers_backs_off_exponentially(fake_ipapi: ServerFactory,
-                                                           fake_clock: FakeClock) -> None:
-    """429s without X-Rl/X-Ttl/Retry-After are retried with growing, jittered waits."""
+async def test_429_without_headers_waits_a_whole_window(fake_ipapi: ServerFactory,
+                                                        fake_clock: FakeClock) -> None:
+    """429s without X-Rl/X-Ttl/Retry-After are each followed by a full window's wait (#10.13)."""
     fake, client = await fake_ipapi(max_attempts=4)
     fake.faults.extend([Fault("status", status=429, headers=False)] * 3)
     [lookup] = await client.resolve([PUBLIC[0]])
     assert lookup.outcome is Outcome.RESOLVED
-    assert len(fake_clock.sleeps) == 3
-    assert fake_clock.sleeps[0] >= 1 and fake_clock.sleeps[2] >= 4
+    times = [r.time for r in fake.requests]
+    assert len(times) == 4
+    assert all(b - a >= 60 for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
