@@ -34,6 +34,8 @@ _DAY = 86_400
 class DaemonConfig:
     interval: float = setting(600.0, low=1, high=30 * _DAY)
     initial_delay: float = setting(0.0, low=0, high=_DAY)
+    # geod's own memory across restarts; "" = state.json in $STATE_DIRECTORY (none: not kept)
+    state_file: str = setting("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,7 @@ def _derive(config: Config, path: Path) -> Config:
     return replace(
         config,
         source=str(path),
+        daemon=replace(config.daemon, state_file=beside_config(config.daemon.state_file)),
         database=replace(config.database, path=db_path),
         ipapi=replace(config.ipapi, url=url),
         mmdb=mmdb,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
+import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict
 
 import aiohttp
@@ -26,6 +28,7 @@ from geod.provider import Resources, make_session
 from geod.ratelimit import RateGovernor
 from geod.records import Lookup, PassSummary
 from geod.resolve import Pass, utc_now
+from geod.state import StateFile, state_path
 from geod.status import Phase, Status
 from geod.store import StoreBusy, open_store
 from geod.upkeep import Cursor, OneWindow, for_pass
@@ -48,6 +51,7 @@ class Daemon:
         handle_signals: bool = True,
         on_change: Callable[[Status], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] = os.environ,
     ) -> None:
         self.config = config
         self.stop_requested = asyncio.Event()
@@ -62,6 +66,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._pass_task: asyncio.Task[PassSummary] | None = None
         self._running: Pass | None = None  # the pass under way: scrapes read its backlog
+        self._interrupted_for_reload = False
         self._session: aiohttp.ClientSession | None = None
         self._pass_ids = itertools.count(1)
         neg = config.negative_cache
@@ -75,6 +80,10 @@ class Daemon:
                                      on_wait=self._rate_limit_wait)
         self.chain: Chain | None = None  # opened in startup()
         self._resources: Resources | None = None
+        # Fixed for the life of the process (a reload does not move it).
+        path = state_path(config.daemon.state_file, environ)
+        self.state = (StateFile(path, self.governor, self.negcache, self._clock, wall_clock)
+                      if path is not None else None)
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -87,6 +96,11 @@ class Daemon:
     def request_reload(self) -> None:
         self.reload_requested.set()
         self._wake.set()
+        # A pass waiting for the next window is interrupted like a stop (what it wrote is kept)
+        # so the reload happens now; the new pass waits again, for the same remembered window.
+        if self.governor.waiting and self._pass_task is not None and not self._pass_task.done():
+            self._interrupted_for_reload = True
+            self._pass_task.cancel()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -94,6 +108,9 @@ class Daemon:
         """`geod run`: start, loop until stopped, stop. Returns normally on SIGTERM/SIGINT."""
         await self.startup()
         self._enter(Phase.READY)
+        if self.state is None:  # (`geod once` by hand is expected to run without one)
+            log.warning("state_not_kept", reason="no [daemon] state_file and no $STATE_DIRECTORY",
+                        consequence="a restart forgets back-offs and the rate-limit window")
         try:
             log.info("geo_re_resolve_scheduled", interval_seconds=self.config.daemon.interval,
                      initial_delay_seconds=self.config.daemon.initial_delay)
@@ -128,6 +145,8 @@ class Daemon:
         if not await asyncio.to_thread(probe_write, self.config.database.path):
             # The app is writing: the database is writable, if not yet proven so for geod.
             log.warning("write_check_skipped", reason="the database is locked by another writer")
+        if self.state is not None:
+            self.state.load()
         self._session = make_session()
         self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
                                     self.status.api_responses)
@@ -144,6 +163,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._enter(Phase.STOPPING)
+        self._save_state()
         if self.chain is not None:
             self.chain.close()
         if self._handle_signals:
@@ -163,9 +183,13 @@ class Daemon:
         try:
             summary = await self._pass_task
         except asyncio.CancelledError:
-            if not self.stop_requested.is_set():
+            if self.stop_requested.is_set():
+                reason = "stop"
+            elif self._interrupted_for_reload:
+                reason = "reload"
+            else:
                 raise  # cancelled from outside, not by our own stop: let it propagate
-            log.info("geo_re_resolve_interrupted", reason="stop")
+            log.info("geo_re_resolve_interrupted", reason=reason)
             return None
         except Exception as error:  # noqa: BLE001 - nothing in a pass may stop the daemon
             if isinstance(error, StoreBusy):  # the app held its lock too long while we read
@@ -185,6 +209,7 @@ class Daemon:
             return summary
         finally:
             self._pass_task = None
+            self._interrupted_for_reload = False
             structlog.contextvars.unbind_contextvars("pass_id")
 
     async def _pass(self) -> PassSummary:
@@ -203,9 +228,15 @@ class Daemon:
             if (backlog := self._running.backlog()) is not None:
                 self.status.count_backlog(backlog)
             self._running = None
+            self.governor.backlog = None
+            self._save_state()  # the pass's back-offs and the window, before anyone is told
             await store.close()
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _save_state(self) -> None:
+        if self.state is not None:
+            self.state.save()
 
     def _reload(self) -> None:
         """Re-read the config (keep the old one if the new is bad); always clear the cache."""
@@ -231,6 +262,7 @@ class Daemon:
             self.chain = self.chain.reload(self.config, self._resources)
         log.info("negative_cache_cleared", entries=self.negcache.clear(),
                  upkeep_entries=self.upkeep_negcache.clear())
+        self._save_state()  # a restart after the reload must not bring the back-offs back
         self._enter(Phase.READY)
 
     def snapshot(self) -> Status:
@@ -247,8 +279,14 @@ class Daemon:
             self._on_change(self.status)
 
     def _progress(self, lookups: Sequence[Lookup], done: int, total: int) -> None:
+        """After each batch: tell the governor what is left (it bursts what fits), save state."""
+        # (None once the NULL rows are done: upkeep's requests after them are paced as usual.)
+        left = math.ceil(max(total - done, 0) / self.config.ipapi.batch_size)
+        self.governor.backlog = left or None
         self.status.progress(lookups, done, total)
         self._enter(Phase.PASSING)
+        if lookups and self.state is not None:
+            self.state.save_soon()
 
     def _rate_limit_wait(self, seconds: float) -> None:
         self.status.wait_s = seconds

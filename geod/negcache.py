@@ -1,13 +1,13 @@
 """In-memory back-off for addresses whose look-up failed.
 
 Each consecutive failure doubles the wait (ttl, 2*ttl, ... capped at max_ttl); an answer that
-can never change (private range, invalid query) gets max_ttl at once. Lost on restart by design:
-a restart is a fresh chance for every address.
+can never change (private range, invalid query) gets max_ttl at once. `geod.state` carries the
+table across restarts (`entries` / `restore`), so a restart is no fresh chance to ask at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -61,6 +61,15 @@ class NegativeCache:
         for address in stale:
             del self._entries[address]
         return len(stale)
+
+    def entries(self) -> Iterator[tuple[str, int, float]]:
+        """(address, failures, back-off end on this cache's clock) for every entry."""
+        for address, entry in self._entries.items():
+            yield address, entry.failures, entry.until
+
+    def restore(self, address: str, failures: int, until: float) -> None:
+        """Take back an entry saved before a restart (`until` already on this cache's clock)."""
+        self._entries[address] = _Entry(failures, until)
 
     def clear(self) -> int:
         """Forget everything (SIGHUP); returns how many entries there were."""

@@ -115,7 +115,7 @@ def test_check_config_prints_effective_config_redacted(cfg: Path, tmp_path: Path
     assert shown["database"]["path"] == str(cfg.parent / "data.db")
     assert shown["ipapi"]["key"] == "<redacted>"
     assert shown["ipapi"]["url"] == "https://pro.ip-api.com/batch"  # a key selects pro
-    assert shown["daemon"] == {"interval": 600.0, "initial_delay": 0.0}
+    assert shown["daemon"] == {"interval": 600.0, "initial_delay": 0.0, "state_file": ""}
     assert SECRET not in result.stdout and SECRET not in result.stderr
     db = cfg.parent / "data.db"
     note = f"geod: note: {db} does not exist yet: geod run creates it (mode 0600)\n"

@@ -12,6 +12,7 @@ from geod.config import Config
 from geod.daemon import Daemon
 from geod.errors import ConfigError
 from geod.records import PassSummary
+from geod.status import Phase, Status
 from tests.conftest import (
     FakeClock,
     Logs,
@@ -239,3 +240,33 @@ async def test_a_database_locked_for_the_read_is_a_warning(
     assert events(logs, "database_locked")[0]["log_level"] == "warning"
     assert events(logs, "geo_re_resolve_error") == []
     assert summary is not None and summary.resolved == 1
+
+
+async def test_reload_interrupts_a_rate_limit_wait(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
+    """SIGHUP during a wait for the next window reloads at once; the new pass waits again."""
+    make_db([(ip, None) for ip in ("8.8.8.8", "8.8.4.4", "9.9.9.9")])
+    fake, _ = fake_server
+    fake.spend(14, tenant="dashboard")  # one request left in this window
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if seconds > 10:  # a wait for the next window
+            waits.append(seconds)
+            if len(waits) == 1:
+                daemon.request_reload()  # as SIGHUP would, at the start of the wait
+                await asyncio.Event().wait()  # a real wait would still be running
+        await fake_clock.sleep(seconds)
+
+    def changed(status: Status) -> None:
+        if status.phase is Phase.PASSED and status.last is not None:
+            daemon.request_stop()
+
+    daemon = Daemon(make_config("batch_size = 1"), clock=fake_clock, sleep=sleep,
+                    handle_signals=False, on_change=changed)
+    await asyncio.wait_for(daemon.run(), timeout=5)
+    assert events(logs, "geo_re_resolve_interrupted")[0]["reason"] == "reload"
+    assert events(logs, "negative_cache_cleared")
+    assert len(waits) >= 2  # the second pass still waited for the window: the quota is kept
+    assert fake.count_429("geod") == 0
