@@ -7,6 +7,7 @@ of what the others left (shared), the others' 429 rate, geod's own 429s and bans
 
     python -m bench.ratelimit                 # all scenarios, 30 windows of 15 req / 60 s
     python -m bench.ratelimit --windows 60 --seed 7 --json bench/out/ratelimit.json
+    python -m bench.ratelimit --latency-only      # only the small-backlog latency cases
 
 Simulated time measures the client's decisions, not network latency: every request takes zero
 simulated seconds. The wall-clock variant is `bench/ratelimit_real.py`.
@@ -44,18 +45,75 @@ def backlog() -> list[str]:
     return [f"8.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1, 200_001)]
 
 
-def geod_client(share: bool) -> Client:
+def geod_client(share: bool, batches: int | None = None) -> Client:
+    """geod's client over an endless backlog, or `batches` batches told to the governor as the
+    daemon's pass tells it (the backlog hint; an older governor just ignores the attribute)."""
     async def run(url: str, session: aiohttp.ClientSession, clock: SimClock,
                   horizon: float) -> None:
         config = IpApiConfig(url=url, share="auto" if share else "off")
         governor = RateGovernor(config.reserve, clock, clock.sleep, share=share)
         client = IpApiProvider(config, session, governor, sleep=clock.sleep)
-        ips = backlog()
+        ips = backlog()[:batches * BATCH] if batches is not None else backlog()
         for start in range(0, len(ips), BATCH):
             if clock.now >= horizon:
                 return
+            if batches is not None:
+                governor.backlog = (len(ips) - start) // BATCH
             await client.resolve(ips[start:start + BATCH])
     return run
+
+
+async def header_obeying(url: str, session: aiohttp.ClientSession, clock: SimClock,
+                         horizon: float, batches: int | None = None) -> None:
+    """The simple header-obeying client: send back to back; at X-Rl 0 wait X-Ttl."""
+    ips = backlog()[:batches * BATCH] if batches is not None else backlog()
+    for start in range(0, len(ips), BATCH):
+        if clock.now >= horizon:
+            return
+        async with session.post(url, json=ips[start:start + BATCH]) as response:
+            await response.read()
+            rl, ttl = response.headers.get("X-Rl", ""), response.headers.get("X-Ttl", "")
+        if rl == "0" and ttl.isdigit():
+            await clock.sleep(int(ttl) + 0.1)
+
+
+@dataclass
+class Latency:
+    client: str
+    tenants: str
+    batches: int
+    seconds: float  # first request to last answer (simulated)
+    geod_429: int
+    others_sent: int
+    others_429: int
+
+
+async def latency(name: str, client: Client, tenants: list[Tenant], *, batches: int,
+                  limit: int, window: float, seed: int, offset: float) -> Latency:
+    """A pass of `batches` batches that starts `offset` s into the others' schedule."""
+    clock = SimClock()
+    fake = FakeIpApi(limit=limit, window=window, clock=clock)
+    rng = random.Random(seed)
+    for tenant in tenants:
+        tenant.schedule(clock, fake, window, 6, rng)
+    runner = web.AppRunner(fake.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await clock.sleep(offset)
+        async with make_session() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/batch"
+            await client(url, session, clock, 6 * window)
+    finally:
+        await runner.cleanup()
+    await clock.sleep(6 * window - clock.now)  # let the others finish their windows
+    geod = [r for r in fake.requests if r.tenant == "geod"]
+    others = [r for r in fake.requests if r.tenant != "geod"]
+    return Latency(name, "+".join(f"{t.low}-{t.high}" for t in tenants) or "alone", batches,
+                   round(geod[-1].time - geod[0].time, 3),
+                   sum(r.status == 429 for r in geod), len(others),
+                   sum(r.status != 200 for r in others))
 
 
 async def fixed_pause(url: str, session: aiohttp.ClientSession, clock: SimClock,
@@ -202,8 +260,39 @@ def tenant_sets() -> dict[str, Callable[[], list[Tenant]]]:
     }
 
 
+async def latency_cases(args: argparse.Namespace) -> list[Latency]:
+    """8 batches (they fit in one window) alone and beside one program at 3 a window; the
+    pass starts at several moments of the others' schedule (seeds 1..args.latency_runs)."""
+    out = []
+    clients: dict[str, Callable[[int], Client]] = {
+        "geod share=auto": lambda n: geod_client(True, n),
+        "header-obeying": lambda n: lambda u, s, c, h: header_obeying(u, s, c, h, n),
+    }
+    for label, make_tenants in (("alone", list), ("one other, 3/window",
+                                                  lambda: [Tenant("dash", 3, 3)])):
+        for name, make in clients.items():
+            runs = [await latency(name, make(8), make_tenants(), batches=8, limit=args.limit,
+                                  window=args.window, seed=seed,
+                                  offset=random.Random(seed).uniform(0, args.window))
+                    for seed in range(1, args.latency_runs + 1)]
+            worst = max(runs, key=lambda r: r.seconds)
+            others = sum(r.others_sent for r in runs)
+            refused = sum(r.others_429 for r in runs)
+            print(f"latency {label:22} {name:16} 8 batches: worst {worst.seconds:6.2f} s "
+                  f"median {sorted(r.seconds for r in runs)[len(runs) // 2]:6.2f} s "
+                  f"geod_429={sum(r.geod_429 for r in runs)} "
+                  f"others_429={refused}/{others} ({refused / others if others else 0:.1%})",
+                  flush=True)
+            for run in runs:
+                run.tenants = label
+            out.extend(runs)
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> list[Result]:
-    results = []
+    results: list[Result] = []
+    if args.latency_only:
+        return results
     for label, make_tenants in tenant_sets().items():
         for name, client in CLIENTS.items():
             if args.clients and name not in args.clients:
@@ -227,8 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--client", dest="clients", action="append")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--latency-runs", type=int, default=20)
     args = parser.parse_args(argv)
+    latencies = asyncio.run(latency_cases(args))
     results = asyncio.run(main_async(args))
+    if args.latency_only:
+        return 0
     adapt = asyncio.run(adaptation(args.limit, args.window, args.seed))
     print(f"changing demand 0 -> 4 -> 0: geod per window {adapt['geod_per_window']}")
     print(f"  others' 429 per window {adapt['others_429_per_window']}")
@@ -237,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
-            {"scenarios": [asdict(r) for r in results], "adaptation": adapt}, indent=2))
+            {"scenarios": [asdict(r) for r in results], "adaptation": adapt,
+             "latency": [asdict(r) for r in latencies]}, indent=2))
     return 0
 
 

@@ -29,7 +29,10 @@ log = structlog.get_logger("geod.ratelimit")
 RESET_MARGIN = 0.1
 # geod's last requests of a window go this long before the (tightest known) reset. The others'
 # requests after them find only what geod left: their 429 rate is about FINAL_SLOT / window.
+# With others on the quota it is the moment after which they are expected to miss at most
+# SHARE_MISS (`_final_slot`), never less than MIN_FINAL_SLOT (the reset is known to ~0.1 s).
 FINAL_SLOT = 0.5
+MIN_FINAL_SLOT = 0.2
 # Requests held back for the end of a window and sent back to back there: each answer is fresh
 # news of what the others left, so the last few can be taken without guessing.
 FINAL_BURST = 4
@@ -292,10 +295,23 @@ class RateGovernor:
         to_come = self.demand() * max(self.reset_at - now, 0.0) / max(self.window, 1.0)
         expected = (self.remaining or 0) - self.reserve - to_come - FINAL_BURST
         # Start the burst early enough for its requests to finish before the reset.
-        end = self.reset_at - FINAL_SLOT - FINAL_BURST * self.latency
+        end = self.reset_at - self._final_slot() - FINAL_BURST * self.latency
         if expected < 1:
             return max(end, now)  # what is left goes in the final burst
         return self._last_sent + max(end - self._last_sent, 0.0) / (expected + 1)
+
+    def _final_slot(self) -> float:
+        """How long before the reset the final burst ends.
+
+        A fixed half second was too early on short windows: the last request then had to wait
+        for the others' expected demand to run out (`earliest`) and by that time X-Rl was too
+        stale to trust, so one request a window was left unused (0.89 of the share on 30 s
+        windows). The burst now ends exactly when the last free request may go.
+        """
+        demand = self.demand()
+        if not self.share or demand == 0 or self.window <= 0:
+            return FINAL_SLOT
+        return max(self._absorbs(0, demand) * self.window / demand, MIN_FINAL_SLOT)
 
     def spare(self, keep: int = SPARE_KEEP) -> bool:
         """Whether a request now spends only leftover quota (upkeep's test, see `upkeep`).
