@@ -36,6 +36,10 @@ from geod.upkeep import Cursor, OneWindow, for_pass
 log = structlog.get_logger("geod.daemon")
 
 Clock = Callable[[], float]
+# A reload interrupts a pass waiting for the next window only when that wait has at least this
+# long to go, and at most once per this long: short waits end soon anyway, and a burst of HUPs
+# must not turn into a burst of reloads.
+RELOAD_INTERRUPT_S = 10.0
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -67,6 +71,7 @@ class Daemon:
         self._pass_task: asyncio.Task[PassSummary] | None = None
         self._running: Pass | None = None  # the pass under way: scrapes read its backlog
         self._interrupted_for_reload = False
+        self._last_interrupt = -math.inf
         self._session: aiohttp.ClientSession | None = None
         self._pass_ids = itertools.count(1)
         neg = config.negative_cache
@@ -98,8 +103,12 @@ class Daemon:
         self._wake.set()
         # A pass waiting for the next window is interrupted like a stop (what it wrote is kept)
         # so the reload happens now; the new pass waits again, for the same remembered window.
-        if self.governor.waiting and self._pass_task is not None and not self._pass_task.done():
+        until, now = self.governor.waiting_until, self._clock()
+        if (until is not None and until - now >= RELOAD_INTERRUPT_S
+                and now - self._last_interrupt >= RELOAD_INTERRUPT_S
+                and self._pass_task is not None and not self._pass_task.done()):
             self._interrupted_for_reload = True
+            self._last_interrupt = now
             self._pass_task.cancel()
 
     # -- lifecycle --------------------------------------------------------------------------

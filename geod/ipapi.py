@@ -176,7 +176,7 @@ class IpApiProvider:
             raise
         self.responses[str(response.status)] += 1
         async with response:
-            remaining = _header_int(response, "X-Rl", MAX_RL)
+            remaining = _header_int(response, "X-Rl", MAX_RL, clamp=True)
             ttl = _header_int(response, "X-Ttl", MAX_TTL)
             # A 429 or a 5xx did not use quota; any X-Rl drop around it was someone else's.
             served = response.status < 500 and response.status != 429
@@ -306,8 +306,15 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return bytes(body)
 
 
-def _header_int(response: aiohttp.ClientResponse, name: str, high: int) -> int | None:
-    """A rate header as the number ip-api can mean (0..high), or None: see `netnum`."""
+def _header_int(response: aiohttp.ClientResponse, name: str, high: int,
+                *, clamp: bool = False) -> int | None:
+    """A rate header as the number ip-api can mean (0..high), or None: see `netnum`.
+
+    `clamp`: a larger value means "at least high" (X-Rl); otherwise it is ignored (a wait).
+    """
+    if clamp:
+        value = parse_count(response.headers.get(name), 10**9)
+        return None if value is None else min(value, high)
     return parse_count(response.headers.get(name), high)
 
 

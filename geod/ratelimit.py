@@ -47,9 +47,10 @@ SHARE_MISS = 0.01
 # geod's own next request would be a 429 (429s are what get a host banned).
 OWN_TAIL = 0.01
 
-# What ip-api's headers can mean (anything else is ignored: the free endpoint is plain HTTP, so
-# anyone on the path can write them). The free limits are 15 and 45 a minute.
-MAX_RL = 100  # well above both; also bounds the Poisson sums below
+# What ip-api's headers can mean (the free endpoint is plain HTTP, so anyone on the path can
+# write them). The free limits are 15 and 45 a minute: a larger X-Rl only says "plenty" and is
+# clamped (it also bounds the Poisson sums below); an X-Ttl or Retry-After past these is ignored.
+MAX_RL = 100
 MAX_TTL = 300  # windows are a minute; five is generous
 MAX_RETRY_AFTER = 3600
 # Without usable headers, the free batch endpoint's documented limit, one request per slot.
@@ -146,18 +147,20 @@ class RateGovernor:
         self.paused_until: float | None = None  # a ban or refused key: no request before this
         self.pause_reason = ""  # "banned" | "key refused"
         self.pause_key = ""  # for "key refused": which key (a fingerprint, never the key)
-        self.waiting = False  # in a wait for a new window (a reload may interrupt the pass)
+        # When the current wait for a new window ends (clock time), None when not in one: the
+        # daemon interrupts such a wait for a reload.
+        self.waiting_until: float | None = None
 
     # -- what the headers say --------------------------------------------------------------
 
     def observe(self, remaining: int | None, ttl: float | None, *, served: bool = True) -> None:
         """Record one response's headers. `served` is False for a 429 or 5xx (no quota used).
 
-        Out-of-range values count as missing (the parser should have dropped them already).
+        X-Rl is clamped to MAX_RL; an X-Ttl past MAX_TTL counts as missing.
         """
         now = self._clock()
-        if remaining is not None and not 0 <= remaining <= MAX_RL:
-            remaining = None
+        if remaining is not None:
+            remaining = min(max(remaining, 0), MAX_RL)
         if ttl is not None and not 0 <= ttl <= MAX_TTL:
             ttl = None
         if remaining is None or ttl is None:
@@ -339,11 +342,11 @@ class RateGovernor:
                 if self._on_wait is not None:
                     self._on_wait(wait)
             self.waited_s += wait
-            self.waiting = long_wait
+            self.waiting_until = self._clock() + wait if long_wait else None
             try:
                 await self._sleep(wait)
             finally:
-                self.waiting = False
+                self.waiting_until = None
             if long_wait:
                 self._waited_for_reset = self._clock()
         self._last_sent = self._clock()
