@@ -119,6 +119,7 @@ class IpApiProvider:
         # Against a count limit, parallel requests buy nothing and make X-Rl bookkeeping racy.
         self._lock = asyncio.Lock()
         self.responses = responses if responses is not None else Counter()
+        self._pause_logged = False  # `ipapi_paused` once per provider (a reload makes a new one)
 
     @classmethod
     def from_config(cls, config: Config, resources: Resources) -> IpApiProvider:
@@ -128,6 +129,13 @@ class IpApiProvider:
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         """Resolve one batch; a batch whose attempts are used up comes back as FAILED lookups."""
+        paused = self._governor.paused(self._key_id)
+        if paused > 0:  # a ban or refused key, maybe from before a restart: no request, no noise
+            reason = f"{self._governor.pause_reason}: not asking ip-api for {paused / 3600:.1f} h"
+            if not self._pause_logged:
+                self._pause_logged = True
+                log.warning("ipapi_paused", reason=reason)
+            return [Lookup(a, Outcome.FAILED, reason=reason, source=self.name) for a in addresses]
         async with self._lock:
             try:
                 payload = await self._post_with_retries(addresses)

@@ -151,6 +151,8 @@ async def test_a_403_is_not_retried_after_a_restart(
         world.advance(60)
         await booted(config(), world, boot=world() - 1).run_once()
     assert len(fake.requests) == 1
+    # One warning, not one per batch (the restarts find the addresses backing off anyway).
+    assert len(events(logs, "ipapi_paused")) == 1 and len(events(logs, "lookup_failed")) == 1
     world.advance(6 * 3600)
     fake.banned.clear()  # unbanned by hand meanwhile
     summary = await booted(config(), world, boot=world() - 1).run_once()
