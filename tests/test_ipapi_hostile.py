@@ -131,3 +131,15 @@ async def test_no_rate_headers_on_a_spent_compressed_window(aiohttp_server: Any,
         n += 1
         await client.resolve([f"8.8.{n // 256}.{n % 256}"])
     assert fake.count_429("geod") <= 3
+
+
+async def test_a_429_just_after_the_reset_widens_the_margin(fake_clock: FakeClock) -> None:
+    """X-Ttl rounded down: refused right after the reset geod waited for, it waits longer (#13)."""
+    governor = RateGovernor(0, fake_clock, fake_clock.sleep)
+    governor.observe(0, 10)
+    await governor.wait_turn()  # waits 10.1 s, to just past the announced reset
+    first_margin = governor.reset_margin
+    governor.observe(0, 1, served=False)  # but the server's window was still open: a 429
+    await governor.wait_turn()
+    assert governor.reset_margin > first_margin
+    assert fake_clock.sleeps[-1] >= 1 + governor.reset_margin - 1e-9
