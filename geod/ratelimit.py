@@ -15,12 +15,12 @@ Pure bookkeeping plus one `wait_turn` coroutine, testable with a fake clock.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import cache
 
 import structlog
+
+from geod.poisson import overflow_bound, tail_bound
 
 log = structlog.get_logger("geod.ratelimit")
 
@@ -70,42 +70,6 @@ BAN_PAUSE = 6 * 3600.0
 # A refused pro key will not start working by itself: pause until the key changes (or a day).
 KEY_PAUSE = 24 * 3600.0
 UNBAN_URL = "https://ip-api.com/docs/unban"
-
-
-def _largest(acceptable: Callable[[float], bool], high: float) -> float:
-    """The largest λ in [0, high] for which the monotone predicate `acceptable(λ)` holds."""
-    low = 0.0
-    for _ in range(50):
-        mid = (low + high) / 2
-        low, high = (mid, high) if acceptable(mid) else (low, mid)
-    return low
-
-
-def _pmf(lam: float, count: int) -> list[float]:
-    """P(N = j) for j in 0..count-1, N ~ Poisson(lam)."""
-    terms, term = [], math.exp(-lam)
-    for j in range(count):
-        terms.append(term)
-        term *= lam / (j + 1)
-    return terms
-
-
-@cache
-def tail_bound(k: int, tail: float) -> float:
-    """The largest mean λ for which P(Poisson(λ) > k) <= tail."""
-    return _largest(lambda lam: 1.0 - sum(_pmf(lam, k + 1)) <= tail, k + 50.0)
-
-
-@cache
-def overflow_bound(k: int, budget: float) -> float:
-    """The largest mean λ for which E[(Poisson(λ) - k)+] <= budget.
-
-    With k requests left free, the others are then expected to miss at most `budget`.
-    """
-    def overflow(lam: float) -> float:
-        return lam - k + sum((k - j) * p for j, p in enumerate(_pmf(lam, k)))
-
-    return _largest(lambda lam: overflow(lam) <= budget, k + 50.0)
 
 
 class RateGovernor:
