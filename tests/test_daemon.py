@@ -270,3 +270,14 @@ async def test_reload_interrupts_a_rate_limit_wait(
     assert events(logs, "negative_cache_cleared")
     assert len(waits) >= 2  # the second pass still waited for the window: the quota is kept
     assert fake.count_429("geod") == 0
+
+
+async def test_backlog_hint_ends_with_the_null_rows(
+        make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
+    """After each batch the governor hears the pass's batches still to go; once the NULL rows
+    are done it hears 'unknown' (None), so upkeep's requests after them are paced, not burst."""
+    daemon = make_daemon(make_config("batch_size = 100"), fake_clock)
+    daemon._progress([], 50, 301)
+    assert daemon.governor.backlog == 3
+    daemon._progress([], 301, 301)
+    assert daemon.governor.backlog is None
