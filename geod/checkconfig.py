@@ -36,6 +36,10 @@ async def check_config(config: Config, who: Identity | None) -> list[str]:
     """
     check_files(config)
     database = config.database
+    if database.url:  # PostgreSQL: no file to check; the server says what geod may do
+        store = await open_store(config, readonly=True)
+        await store.close()
+        return []
     notes = await asyncio.to_thread(check_access, database.path, who)
     if not await asyncio.to_thread(Path(database.path).exists):
         if not database.create:

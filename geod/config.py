@@ -7,6 +7,7 @@ Each field declares its own bounds (`schema.setting`), so one generic walker che
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from geod.country_names import COMMON, STYLES
 from geod.credentials import read_key_file
 from geod.errors import ConfigError
 from geod.hostport import split_host_port
+from geod.pg_url import check_url, read_password_file
 from geod.schema import build, setting, show
 
 DEFAULT_CONFIG_PATH = Path("/etc/geod/config.toml")
@@ -65,7 +67,17 @@ class DatabaseConfig:
     table: str = setting("geo_cache", identifier=True, nonempty=True)
     create: bool = setting(True)
     busy_timeout: float = setting(30.0, low=0, high=3600)
+    # "postgresql://user@host/db": the app's table is in PostgreSQL (then `path` is unused).
+    # The password never goes here: password_file, PGPASSFILE/.pgpass or peer auth.
+    url: str = setting("")
+    password_file: str = setting("")  # "$CREDENTIALS_DIRECTORY/NAME" reads a systemd credential
+    # A schema geod may create and own (the fleet's leases, the shared attempt log); "" = none.
+    geod_schema: str = setting("", identifier=True)
+    # With geod_schema: how long a claim on a batch of addresses lasts unless renewed. A killed
+    # instance's rows wait this long before another instance takes them over.
+    lease_ttl: float = setting(120.0, low=2, high=3600)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    password: str = field(default="", metadata={"derived": True})  # read from password_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,9 @@ class IpApiConfig:
     max_attempts: int = setting(5, low=1, high=20)
     reserve: int = setting(0, low=0, high=14)  # the free batch limit is 15 per window
     share: str = setting("auto", choices=("auto", "off"))  # leave the others' demand room
+    # The local address requests leave from ("" = the system's choice), for a multi-homed host
+    # whose route to ip-api.com must use one interface.
+    source_address: str = setting("")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +196,8 @@ class Config:
         data = asdict(self)
         if data["ipapi"]["key"]:
             data["ipapi"]["key"] = REDACTED
+        if data["database"]["password"]:
+            data["database"]["password"] = REDACTED
         return data
 
 
@@ -215,6 +232,7 @@ def load_config(
         raise ConfigError(file, "", f"invalid TOML: {error}") from None
     config = build(Config, raw, "", file)
     _check_relations(config, file)
+    config = _read_password_file(config, Path(path), environ)
     if read_key_file:
         config = _read_key_file(config, Path(path), environ)
     return _derive(config, Path(path))
@@ -262,6 +280,21 @@ def _check_relations(config: Config, file: str) -> None:
     if config.refresh.app_after != "off" and not config.database.columns.updated_at:
         raise ConfigError(file, "refresh.app_after",
                           "needs [database.columns] updated_at (the age of the app's rows)")
+    if config.ipapi.source_address:
+        try:
+            ipaddress.ip_address(config.ipapi.source_address)
+        except ValueError:
+            raise ConfigError(file, "ipapi.source_address",
+                              f"must be an IP address, got {show(config.ipapi.source_address)}"
+                              ) from None
+    if config.database.url:
+        try:
+            check_url(config.database.url)
+        except ValueError as error:
+            raise ConfigError(file, "database.url", str(error)) from None
+    elif config.database.password_file or config.database.geod_schema:
+        key = "password_file" if config.database.password_file else "geod_schema"
+        raise ConfigError(file, f"database.{key}", "needs a PostgreSQL url")
     if config.ipapi.key and config.ipapi.key_file:
         raise ConfigError(file, "ipapi.key_file", "set key or key_file, not both")
     if config.metrics.listen:
@@ -307,3 +340,14 @@ def _read_key_file(config: Config, path: Path, environ: Mapping[str, str]) -> Co
     return replace(config, ipapi=replace(config.ipapi, key=secret, key_file=str(key_path)))
 
 
+def _read_password_file(config: Config, path: Path, environ: Mapping[str, str]) -> Config:
+    """Fill `database.password` from `database.password_file`; never shown in an error."""
+    if not config.database.password_file:
+        return config
+    try:
+        file, secret = read_password_file(
+            config.database.password_file, path.parent.absolute(), environ)
+    except ValueError as error:
+        raise ConfigError(str(path), "database.password_file", str(error)) from None
+    database = replace(config.database, password=secret, password_file=str(file))
+    return replace(config, database=database)

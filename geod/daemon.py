@@ -89,6 +89,7 @@ class Daemon:
         path = state_path(config.daemon.state_file, environ)
         self.state = (StateFile(path, self.governor, self.negcache, self._clock, wall_clock)
                       if path is not None else None)
+        self._clear_shared_attempts = False
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -148,15 +149,17 @@ class Daemon:
             PermissionProblem: geod's user may not write the database, its directory or the
                 -wal/-shm/-journal files beside it.
         """
-        await startup_checks(self.config.database)  # PermissionProblem: exit 77, named fix
+        if not self.config.database.url:  # the file-system checks are SQLite's
+            await startup_checks(self.config.database)  # PermissionProblem: exit 77, named fix
         store = await open_store(self.config)
         await store.close()
-        if not await asyncio.to_thread(probe_write, self.config.database.path):
+        if not self.config.database.url and not await asyncio.to_thread(
+                probe_write, self.config.database.path):
             # The app is writing: the database is writable, if not yet proven so for geod.
             log.warning("write_check_skipped", reason="the database is locked by another writer")
         if self.state is not None:
             self.state.load()
-        self._session = make_session()
+        self._session = make_session(source_address=self.config.ipapi.source_address)
         self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
                                     self.status.api_responses)
         try:
@@ -232,6 +235,11 @@ class Daemon:
         self._running = Pass(store, providers, self.negcache, clock=self._clock,
                              progress=self._progress, upkeep=upkeep)
         try:
+            if self._clear_shared_attempts:
+                cleared = await store.clear_attempts()
+                if cleared is not None:
+                    log.info("shared_attempt_log_cleared", entries=cleared)
+                self._clear_shared_attempts = False
             return await self._running.run()
         finally:
             if (backlog := self._running.backlog()) is not None:
@@ -258,6 +266,9 @@ class Daemon:
         else:
             if new.metrics.listen != self.config.metrics.listen:
                 log.warning("restart_required", key="metrics.listen", reason="bound at start")
+            if new.ipapi.source_address != self.config.ipapi.source_address:
+                log.warning("restart_required", key="ipapi.source_address",
+                            reason="bound at start")
             self.config = self.status.config = new
             self.governor.reserve = new.ipapi.reserve
             self.governor.share = new.ipapi.share == "auto"
@@ -272,6 +283,7 @@ class Daemon:
         log.info("negative_cache_cleared", entries=self.negcache.clear(),
                  upkeep_entries=self.upkeep_negcache.clear())
         self._save_state()  # a restart after the reload must not bring the back-offs back
+        self._clear_shared_attempts = True  # a fleet's shared log, at the pass that follows
         self._enter(Phase.READY)
 
     def snapshot(self) -> Status:

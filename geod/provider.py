@@ -75,8 +75,15 @@ class Resources:
 def make_session(
     headers: dict[str, str] | None = None,
     trace_configs: list[aiohttp.TraceConfig] | None = None,
+    source_address: str = "",
 ) -> aiohttp.ClientSession:
-    """The one HTTP session geod keeps across passes, for every web provider."""
+    """The one HTTP session geod keeps across passes, for every web provider.
+
+    `source_address` binds outgoing connections to that local address (`[ipapi]
+    source_address`, for multi-homed hosts); "" leaves the choice to the routing table.
+    """
+    connector = aiohttp.TCPConnector(local_addr=(source_address, 0)) if source_address else None
     return aiohttp.ClientSession(
-        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs
+        headers={"User-Agent": USER_AGENT, **(headers or {})}, trace_configs=trace_configs,
+        connector=connector,
     )

@@ -103,6 +103,8 @@ class Pass:
         self.chain = tuple(chain)
         self.negcache = negcache
         self.tally = Tally()
+        self._keys_by_address: dict[str, list[str]] = {}  # of the chunk being asked about
+        self._settled: dict[str, Outcome] = {}  # row key -> outcome, told to the store
         self._clock = clock
         self._now_utc = now_utc
         self._progress = progress
@@ -181,12 +183,20 @@ class Pass:
         sent = {key for keys in plan.to_send.values() for key in keys}
         self._stamps = {row.key: when for row in rows
                         if row.key in sent and (when := parse_stamp(row.stamp)) is not None}
+        self._settled = {}
+        await self._ask_chain(plan)
+        # Before the store moves on (a fleet releases the chunk's leases then), so another
+        # instance never claims an address this one has just failed on.
+        if self._settled:
+            await self.store.settle(self._settled)
+
+    async def _ask_chain(self, plan: ChunkPlan) -> None:
         tally = self.tally
         tally.unresolvable += plan.unresolvable
         tally.backed_off += plan.backed_off
         tally.done += plan.unresolvable + plan.backed_off
         tally.retried += sum(len(keys) for keys in plan.to_send.values())
-        keys_by_address = plan.to_send
+        keys_by_address = self._keys_by_address = plan.to_send
         pending = list(keys_by_address)
         failed: set[str] = set()  # addresses some provider failed on, as opposed to only missed
         for index, provider in enumerate(self.chain):
@@ -243,6 +253,8 @@ class Pass:
 
         Resolved rows are counted when written (`_write`), the others here.
         """
+        for key in self._keys_by_address.get(address, ()):
+            self._settled[key] = outcome
         if outcome is Outcome.RESOLVED:
             self.negcache.forget(address)
         elif outcome is Outcome.UNRESOLVABLE:

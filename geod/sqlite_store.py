@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
@@ -25,6 +25,7 @@ from geod.preflight import create_database
 from geod.records import (
     Change,
     DueCount,
+    Outcome,
     Row,
     Stored,
     StoreReport,
@@ -332,6 +333,12 @@ class SqliteStore:
         finally:
             # COMMIT may still wait for readers to finish: it gets the whole busy_timeout.
             await self._conn.execute(self._busy_pragma)
+
+    async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
+        """Nothing to share: this process's negative cache is the only attempt log."""
+
+    async def clear_attempts(self) -> int | None:
+        return None
 
     async def report(self) -> StoreReport:
         """Counts for `geod status`. Raises: StoreBusy."""

@@ -3,17 +3,18 @@
 A store hands out the *due* rows (today: a NULL country) in bounded chunks and writes results
 back under the same predicate as a guard, so a value the app wrote is never overwritten. Its one
 busy error is `StoreBusy`; lock waits end at the `WriteDeadline` the caller hands in. Knows no
-SQL: `sqlite_store` implements it, and `open_store` picks the implementation from the config.
+SQL: `sqlite_store` and `pg_store` implement it (`pg_fleet` adds leases for several instances),
+and `open_store` picks the implementation from the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from geod.config import Config
-from geod.errors import StoreBusy
-from geod.records import DueCount, Row, StoreReport, Update, WriteDeadline
+from geod.errors import StoreBusy, StoreError
+from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline
 from geod.sqlite_store import SqliteStore
 
 __all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
@@ -42,6 +43,17 @@ class Store(Protocol):
         """Write one batch in one transaction, only into rows still due; returns rows changed."""
         ...
 
+    async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
+        """Told each chunk's outcomes (row key -> outcome) once the pass is done with it.
+
+        A store shared by several instances keeps its attempt log here; others ignore it.
+        """
+        ...
+
+    async def clear_attempts(self) -> int | None:
+        """SIGHUP: clear a shared attempt log; returns its entries, None when there is none."""
+        ...
+
     async def report(self) -> StoreReport:
         """Counts for `geod status`."""
         ...
@@ -59,4 +71,12 @@ async def open_store(config: Config, *, readonly: bool = False) -> Store:
         PermissionProblem: root would create a database the service could not write.
         StoreError: the database cannot be opened (`StoreBusy`: it is locked right now).
     """
-    return await SqliteStore.open(config.database, config.source, readonly=readonly)
+    if not config.database.url:
+        return await SqliteStore.open(config.database, config.source, readonly=readonly)
+    try:  # psycopg is the optional `postgresql` extra: SQLite users never import it
+        from geod.pg_fleet import open_pg_store
+    except ImportError as missing:
+        raise StoreError(
+            f"[database] url needs the PostgreSQL driver ({missing.name} is not installed): "
+            "pip install 'geod[postgresql]'") from None
+    return await open_pg_store(config, claim=not readonly)

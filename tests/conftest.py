@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -20,7 +21,12 @@ from geod.records import PassSummary
 from geod.resolve import Pass
 from geod.sqlite_store import SqliteStore
 from geod.status import Phase, Status
+from geod.store import Store
 from tests.fake_ipapi import FakeIpApi
+from tests.pg import PgServer, PgUnavailable, start_server
+
+if TYPE_CHECKING:
+    from tests.store_backends import StoreBackend
 
 DEFAULT_SCHEMA = (
     "CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
@@ -101,8 +107,10 @@ def make_db(tmp_path: Path) -> MakeDb:
     return make
 
 
-def read_rows(path: Path, table: str = "geo_cache") -> dict[str, dict[str, Any]]:
-    """All rows of `table`, keyed by ip, as dicts."""
+def read_rows(path: Path | StoreBackend, table: str = "geo_cache") -> dict[str, dict[str, Any]]:
+    """All rows of `table` (a SQLite file's, or `app_db`'s in either store), keyed by ip."""
+    if not isinstance(path, Path):
+        return path.read(table)
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     try:
@@ -175,13 +183,60 @@ def make_daemon(config: Config, clock: FakeClock,
     return Daemon(config, clock=clock, sleep=clock.sleep, handle_signals=False, on_change=changed)
 
 
-async def make_pass(db: Path, chain: Sequence[Provider], negcache: NegativeCache,
+async def make_pass(db: Path | StoreBackend, chain: Sequence[Provider], negcache: NegativeCache,
                     clock: FakeClock, *, columns: ColumnsConfig | None = None,
                     stamp: str = "2026-11-28T10:00:00Z") -> PassSummary:
-    """One real pass over the SQLite file `db` through `chain`, on fake time; its summary."""
-    config = DatabaseConfig(path=str(db), columns=columns or ColumnsConfig())
-    store = await SqliteStore.open(config, "geod.toml")
+    """One real pass over `db` (a SQLite file, or `app_db`) through `chain`, on fake time."""
+    store: Store
+    if isinstance(db, Path):
+        config = DatabaseConfig(path=str(db), columns=columns or ColumnsConfig())
+        store = await SqliteStore.open(config, "geod.toml")
+    else:
+        store = await db.open(columns=columns or ColumnsConfig())
     try:
         return await Pass(store, chain, negcache, clock=clock, now_utc=lambda: stamp).run()
     finally:
         await store.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL 15 server for the session (skipped where none is installed)."""
+    try:
+        server = start_server()
+    except PgUnavailable as missing:
+        pytest.skip(str(missing))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on the session's server; its libpq URL (Unix socket, trust)."""
+    import psycopg
+
+    name = f"t{next(_PG_DATABASES)}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_server.url(name)
+    with psycopg.connect(pg_server.url(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+_PG_DATABASES = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app_db(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """The app's table in each store in turn (tests/store_backends.py): one scenario, two.
+
+    Called like `make_db` (rows, schema=, insert=) it makes the table and returns itself, which
+    `read_rows`, `make_pass` and `app_db.database` (the `[database]` table for make_config) take.
+    """
+    from tests.store_backends import PgBackend, SqliteBackend
+
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path / "geo.db")
+    return PgBackend(request.getfixturevalue("pg_url"))

@@ -12,10 +12,13 @@ import pytest
 
 from geod.config import ColumnsConfig, DatabaseConfig
 from geod.negcache import NegativeCache
+from geod.pg_store import PgStore
 from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline
 from geod.resolve import Pass
 from geod.sqlite_store import SqliteStore
+from geod.store import Store
 from tests.conftest import FakeClock, Logs, MakeDb, events, make_pass, read_rows
+from tests.store_backends import StoreBackend
 
 STAMP = "2026-11-28T10:00:00Z"
 
@@ -51,7 +54,7 @@ class FakeProvider:
         return [address for batch in self.batches for address in batch]
 
 
-async def pass_over(path: Path, provider: FakeProvider, negcache: NegativeCache,
+async def pass_over(path: Path | StoreBackend, provider: FakeProvider, negcache: NegativeCache,
                     clock: FakeClock) -> PassSummary:
     return await make_pass(path, [provider], negcache, clock, stamp=STAMP)
 
@@ -61,11 +64,11 @@ def negcache(fake_clock: FakeClock) -> NegativeCache:
     return NegativeCache(600, 86400, fake_clock)
 
 
-async def test_resolves_and_writes_every_sendable_row(make_db: MakeDb, negcache: NegativeCache,
-                                                      fake_clock: FakeClock) -> None:
+async def test_resolves_and_writes_every_sendable_row(
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """Public rows are sent in batches of batch_size and written with the provider's data."""
     ips = [f"8.8.{i}.1" for i in range(25)]
-    path = make_db([(ip, None) for ip in ips])
+    path = app_db([(ip, None) for ip in ips])
     provider = FakeProvider(batch_size=10)
     summary = await pass_over(path, provider, negcache, fake_clock)
     assert [len(b) for b in provider.batches] == [10, 10, 5]
@@ -75,10 +78,10 @@ async def test_resolves_and_writes_every_sendable_row(make_db: MakeDb, negcache:
                    "asn": "AS1", "org": "org 8.8.3.1", "cached_at": STAMP}
 
 
-async def test_private_and_invalid_rows_are_never_sent(make_db: MakeDb, negcache: NegativeCache,
-                                                       fake_clock: FakeClock) -> None:
+async def test_private_and_invalid_rows_are_never_sent(
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """Unsendable rows are counted as unresolvable and never reach the provider."""
-    path = make_db([("10.1.2.3", None), ("not an ip", None), ("224.0.0.1", None),
+    path = app_db([("10.1.2.3", None), ("not an ip", None), ("224.0.0.1", None),
                     ("::ffff:192.168.1.1", None), ("8.8.8.8", None)])
     provider = FakeProvider()
     summary = await pass_over(path, provider, negcache, fake_clock)
@@ -88,9 +91,9 @@ async def test_private_and_invalid_rows_are_never_sent(make_db: MakeDb, negcache
 
 
 async def test_duplicates_after_normalising_are_sent_once_and_both_written(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """' 8.8.8.8' and '::ffff:8.8.8.8' are one question and two written rows."""
-    path = make_db([(" 8.8.8.8", None), ("::ffff:8.8.8.8", None)])
+    path = app_db([(" 8.8.8.8", None), ("::ffff:8.8.8.8", None)])
     provider = FakeProvider()
     summary = await pass_over(path, provider, negcache, fake_clock)
     assert provider.sent == ["8.8.8.8"]
@@ -99,9 +102,9 @@ async def test_duplicates_after_normalising_are_sent_once_and_both_written(
 
 
 async def test_failures_back_off_and_are_skipped_next_pass(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """A failed address is not asked again until its back-off ends, then it is."""
-    path = make_db([("8.8.8.8", None), ("1.1.1.1", None)])
+    path = app_db([("8.8.8.8", None), ("1.1.1.1", None)])
     provider = FakeProvider(outcomes={"1.1.1.1": Outcome.FAILED})
     first = await pass_over(path, provider, negcache, fake_clock)
     assert (first.resolved, first.failed) == (1, 1)
@@ -110,13 +113,13 @@ async def test_failures_back_off_and_are_skipped_next_pass(
     fake_clock.advance(601)
     third = await pass_over(path, provider, negcache, fake_clock)
     assert third.retried == 1
-    assert provider.sent == ["8.8.8.8", "1.1.1.1", "1.1.1.1"]
+    assert sorted(provider.sent) == ["1.1.1.1", "1.1.1.1", "8.8.8.8"]  # any order: PG pages by ip
 
 
 async def test_provider_unresolvable_answer_backs_off_for_max_ttl(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """An answer like 'reserved range' is not asked again for max_ttl."""
-    path = make_db([("8.8.8.8", None)])
+    path = app_db([("8.8.8.8", None)])
     provider = FakeProvider(outcomes={"8.8.8.8": Outcome.UNRESOLVABLE})
     summary = await pass_over(path, provider, negcache, fake_clock)
     assert summary.unresolvable == 1
@@ -127,10 +130,10 @@ async def test_provider_unresolvable_answer_backs_off_for_max_ttl(
 
 
 async def test_nothing_to_do_logs_skip(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock,
         logs: list[MutableMapping[str, Any]]) -> None:
     """With no NULL rows the pass logs geo_re_resolve_skip and sends nothing."""
-    path = make_db([("8.8.8.8", "US")])
+    path = app_db([("8.8.8.8", "US")])
     provider = FakeProvider()
     summary = await pass_over(path, provider, negcache, fake_clock)
     assert summary.unresolved == 0 and provider.batches == []
@@ -184,9 +187,9 @@ async def test_locked_database_skips_the_batch_for_next_pass(
 
 
 async def test_cancel_keeps_batches_already_written(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """Cancelling a pass mid-way (a stop) keeps the batches that were answered before it."""
-    path = make_db([(f"8.8.8.{i}", None) for i in range(1, 5)])
+    path = app_db([(f"8.8.8.{i}", None) for i in range(1, 5)])
     gate = asyncio.Event()  # never set: the second batch hangs like a slow request
     provider = FakeProvider(batch_size=2, gate=gate)
     task = asyncio.create_task(pass_over(path, provider, negcache, fake_clock))
@@ -238,18 +241,19 @@ R, M, F, U = Outcome.RESOLVED, Outcome.MISS, Outcome.FAILED, Outcome.UNRESOLVABL
 
 
 async def test_each_provider_gets_only_what_is_still_open(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """Providers run in order; each is asked only what the ones before it did not answer."""
-    path = make_db([(ip, None) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "2.2.2.2")],
+    path = app_db([(ip, None) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "2.2.2.2")],
                    schema=SOURCE_SCHEMA)
     mmdb = Scripted("mmdb", {"8.8.8.8": R}, code="US")
     rir = Scripted("rir", {"1.1.1.1": R}, code="AU")
     ipapi = Scripted("ip-api", {"9.9.9.9": R}, batch_size=100, code="CH")
     summary = await chain_pass_over(path, [mmdb, rir, ipapi], negcache, fake_clock,
                               ColumnsConfig(source="answered_by"))
-    assert mmdb.asked == ["8.8.8.8", "1.1.1.1", "9.9.9.9", "2.2.2.2"]
-    assert rir.asked == ["1.1.1.1", "9.9.9.9", "2.2.2.2"]
-    assert ipapi.asked == ["9.9.9.9", "2.2.2.2"]
+    # Within a provider, in the store's order (SQLite: rowid, PostgreSQL: the key).
+    assert sorted(mmdb.asked) == ["1.1.1.1", "2.2.2.2", "8.8.8.8", "9.9.9.9"]
+    assert sorted(rir.asked) == ["1.1.1.1", "2.2.2.2", "9.9.9.9"]
+    assert sorted(ipapi.asked) == ["2.2.2.2", "9.9.9.9"]
     rows = read_rows(path)
     assert {ip: (row["country_code"], row["answered_by"]) for ip, row in rows.items()} == {
         "8.8.8.8": ("US", "mmdb"), "1.1.1.1": ("AU", "rir"), "9.9.9.9": ("CH", "ip-api"),
@@ -259,9 +263,9 @@ async def test_each_provider_gets_only_what_is_still_open(
 
 
 async def test_only_addresses_every_provider_missed_back_off(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """A miss followed by an answer leaves no trace; a miss everywhere backs off."""
-    path = make_db([("8.8.8.8", None), ("2.2.2.2", None), ("3.3.3.3", None)])
+    path = app_db([("8.8.8.8", None), ("2.2.2.2", None), ("3.3.3.3", None)])
     first = Scripted("mmdb", {})
     second = Scripted("ip-api", {"8.8.8.8": R, "3.3.3.3": F})
     summary = await chain_pass_over(path, [first, second], negcache, fake_clock)
@@ -269,13 +273,13 @@ async def test_only_addresses_every_provider_missed_back_off(
     assert negcache.blocked("2.2.2.2") and negcache.blocked("3.3.3.3")
     assert (summary.missed, summary.failed) == (1, 1)  # failed anywhere counts as failed
     again = await chain_pass_over(path, [first, second], negcache, fake_clock)
-    assert again.backed_off == 2 and first.asked == ["8.8.8.8", "2.2.2.2", "3.3.3.3"]
+    assert again.backed_off == 2 and sorted(first.asked) == ["2.2.2.2", "3.3.3.3", "8.8.8.8"]
 
 
 async def test_a_failed_provider_passes_on_to_the_next(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock) -> None:
     """ip-api first and unreachable: the offline provider after it still answers."""
-    path = make_db([("8.8.8.8", None)])
+    path = app_db([("8.8.8.8", None)])
     ipapi = Scripted("ip-api", {"8.8.8.8": F})
     rir = Scripted("rir", {"8.8.8.8": R}, code="US")
     summary = await chain_pass_over(path, [ipapi, rir], negcache, fake_clock)
@@ -300,23 +304,25 @@ async def test_unresolvable_ends_the_chain(
 def write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every write transaction the test's passes make, in order."""
     sizes: list[int] = []
-    original = SqliteStore.write
+    for store in (SqliteStore, PgStore):
+        original = store.write
 
-    async def counting(self: SqliteStore, updates: Sequence[Update], resolved_at: str,
-                       deadline: WriteDeadline | None = None) -> int:
-        sizes.append(len(updates))
-        return await original(self, updates, resolved_at, deadline)
+        async def counting(self: Store, updates: Sequence[Update], resolved_at: str,
+                           deadline: WriteDeadline | None = None,
+                           original: Any = original) -> int:
+            sizes.append(len(updates))
+            return int(await original(self, updates, resolved_at, deadline))
 
-    monkeypatch.setattr(SqliteStore, "write", counting)
+        monkeypatch.setattr(store, "write", counting)
     return sizes
 
 
 async def test_local_provider_takes_a_chunk_in_one_call_and_one_write(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock,
         write_sizes: list[int]) -> None:
     """2,500 rows: three chunk-sized calls and three write transactions, not one per row."""
     ips = [f"8.{i // 250}.{i % 250}.1" for i in range(2500)]
-    path = make_db([(ip, None) for ip in ips])
+    path = app_db([(ip, None) for ip in ips])
     local = Scripted("rir", dict.fromkeys(ips, R))
     summary = await chain_pass_over(path, [local], negcache, fake_clock)
     assert [len(batch) for batch in local.batches] == [1000, 1000, 500]
@@ -325,11 +331,11 @@ async def test_local_provider_takes_a_chunk_in_one_call_and_one_write(
 
 
 async def test_ipapi_batches_within_a_chunk_are_written_one_by_one(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock,
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock,
         write_sizes: list[int]) -> None:
     """What reaches ip-api still goes in batches of its size, each written as it arrives."""
     ips = [f"8.8.{i}.1" for i in range(250)]
-    path = make_db([(ip, None) for ip in ips])
+    path = app_db([(ip, None) for ip in ips])
     local = Scripted("mmdb", {ip: R for ip in ips[:40]})
     ipapi = Scripted("ip-api", dict.fromkeys(ips, R), batch_size=100)
     summary = await chain_pass_over(path, [local, ipapi], negcache, fake_clock)
@@ -339,9 +345,9 @@ async def test_ipapi_batches_within_a_chunk_are_written_one_by_one(
 
 
 async def test_summary_line_and_start_event_name_the_chain(
-        make_db: MakeDb, negcache: NegativeCache, fake_clock: FakeClock, logs: Logs) -> None:
+        app_db: StoreBackend, negcache: NegativeCache, fake_clock: FakeClock, logs: Logs) -> None:
     """The start event lists the chain; the summary line ends with per-provider counts."""
-    path = make_db([("8.8.8.8", None), ("2d00::1", None)])
+    path = app_db([("8.8.8.8", None), ("2d00::1", None)])
     summary = await chain_pass_over(path, [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {})],
                               negcache, fake_clock)
     assert events(logs, "geo_re_resolve_start")[0]["providers"] == ["mmdb", "rir"]
