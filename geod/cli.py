@@ -182,7 +182,8 @@ async def _status(config: Config, *, as_json: bool) -> int:
         print(json.dumps({"rows": report.rows, "unresolved": report.due,
                           "unresolvable": unresolvable, "top_countries": report.top_countries}))
         return EXIT_OK
-    print(f"database      {config.database.path} (table {config.database.table})")
+    where = config.database.url or config.database.path  # the url never holds a password
+    print(f"database      {where} (table {config.database.table})")
     print(f"rows          {report.rows}")
     print(f"unresolved    {report.due}")
     print(f"unresolvable  {unresolvable}  (NULL, private, reserved or invalid: never sent)")

@@ -150,7 +150,10 @@ def write_geod_config(
     max_attempts: int = 5,
     extra: str = "",
 ) -> Path:
-    """Write a geod config for tests; `extra` is appended verbatim (more TOML tables)."""
+    """Write a geod config for tests; `extra` is appended verbatim (more TOML tables).
+
+    `db` is a SQLite path, or a postgresql:// URL (written as [database] url).
+    """
     path.write_text(
         f"""\
 [daemon]
@@ -158,7 +161,7 @@ interval = {interval}
 initial_delay = {initial_delay}
 
 [database]
-path = {json.dumps(str(db))}
+{"url" if str(db).startswith("postgresql://") else "path"} = {json.dumps(str(db))}
 
 [ipapi]
 url = {json.dumps(url)}

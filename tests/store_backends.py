@@ -32,6 +32,10 @@ class StoreBackend(Protocol):
     def database(self) -> dict[str, Any]:
         """The `[database]` settings that point geod at this table (for make_config)."""
 
+    @property
+    def where(self) -> str:
+        """The SQLite path or the PostgreSQL URL (for write_geod_config's `db`)."""
+
     def __call__(self, rows: Iterable[tuple[Any, ...]] = (), schema: str = DEFAULT_SCHEMA,
                  insert: str = DEFAULT_INSERT) -> StoreBackend:
         """make(), returning this backend: a drop-in for the make_db fixture."""
@@ -59,6 +63,10 @@ class SqliteBackend:
     @property
     def database(self) -> dict[str, Any]:
         return {"path": str(self.path)}
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def __call__(self, rows: Iterable[tuple[Any, ...]] = (), schema: str = DEFAULT_SCHEMA,
                  insert: str = DEFAULT_INSERT) -> SqliteBackend:
@@ -105,6 +113,10 @@ class PgBackend:
     @property
     def database(self) -> dict[str, Any]:
         return {"url": self.url}
+
+    @property
+    def where(self) -> str:
+        return self.url
 
     def __call__(self, rows: Iterable[tuple[Any, ...]] = (), schema: str = DEFAULT_SCHEMA,
                  insert: str = DEFAULT_INSERT) -> PgBackend:

@@ -23,6 +23,7 @@ from geod.validate import country_name
 from tests.conftest import MakeDb, read_rows, write_config
 from tests.fake_ipapi import FakeIpApi, parse_fields
 from tests.proc import REPO, FakeServer, _base_env, run_geod, start_fake_ipapi, write_geod_config
+from tests.store_backends import StoreBackend
 
 EXIT_CONFIG = 78
 SUMMARY = re.compile(
@@ -376,18 +377,15 @@ def expected_row(address: str) -> dict[str, str | None]:
 
 
 def test_once_resolves_rows_and_prints_one_summary(
-    tmp_path: Path, make_db: MakeDb, fake: FakeServer
+    tmp_path: Path, app_db: StoreBackend, fake: FakeServer
 ) -> None:
-    """`once` writes the fake's answers, prints one summary line and logs JSON to stderr only."""
-    db = make_db(rows=[(ip, None) for ip in [*PUBLIC, *NEVER_SENT]])
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO geo_cache VALUES (?, ?, ?, ?, ?, ?)",
-            [(ip, *values) for ip, values in ALREADY_SET.items()],
-        )
-    conn.close()
+    """`once` writes the fake's answers, prints one summary line and logs JSON to stderr only,
+    in SQLite and in PostgreSQL alike."""
+    nulls = [(ip, None, None, None, None, None) for ip in [*PUBLIC, *NEVER_SENT]]
+    db = app_db(rows=[*nulls, *((ip, *values) for ip, values in ALREADY_SET.items())],
+                insert="INSERT INTO geo_cache VALUES (?, ?, ?, ?, ?, ?)")
     before = read_rows(db)
-    path = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url, fmt="auto")
+    path = write_geod_config(tmp_path / "geod.toml", db=db.where, url=fake.batch_url, fmt="auto")
 
     result = run_geod("--config", str(path), "once")
 
@@ -417,13 +415,13 @@ def test_once_resolves_rows_and_prints_one_summary(
     assert sorted(fake.sent_ips()) == sorted(PUBLIC.values())
 
 
-def test_once_with_nothing_to_do(tmp_path: Path, make_db: MakeDb, fake: FakeServer) -> None:
+def test_once_with_nothing_to_do(tmp_path: Path, app_db: StoreBackend, fake: FakeServer) -> None:
     """`once` on a table without NULL rows or gaps sends nothing and prints a zero summary."""
-    db = make_db(rows=[("8.8.8.8", "US", "United States", "AS15169", "Google LLC"),
-                       ("1.1.1.1", "", None, None, None)],
-                 insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
-                        "VALUES (?, ?, ?, ?, ?)")
-    path = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url)
+    db = app_db(rows=[("8.8.8.8", "US", "United States", "AS15169", "Google LLC"),
+                      ("1.1.1.1", "", None, None, None)],
+                insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
+                       "VALUES (?, ?, ?, ?, ?)")
+    path = write_geod_config(tmp_path / "geod.toml", db=db.where, url=fake.batch_url)
     result = run_geod("--config", str(path), "once")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("unresolved=0 retried=0 resolved=0 ")
@@ -437,13 +435,16 @@ def test_once_with_nothing_to_do(tmp_path: Path, make_db: MakeDb, fake: FakeServ
 
 
 @pytest.fixture
-def status_db(tmp_path: Path, make_db: MakeDb) -> Path:
+def status_db(tmp_path: Path, app_db: StoreBackend) -> Path:
+    """A config for a table in each store in turn (`app_db`); status is the same for both."""
     rows = [
         ("8.8.8.8", "US"), ("8.8.4.4", "US"), ("1.1.1.1", "DE"), ("9.9.9.9", ""),
         ("2.2.2.2", None), ("10.0.0.1", None), ("junk", None), (None, None),
     ]  # fmt: skip
-    db = make_db(rows=rows)
-    return write_geod_config(tmp_path / "geod.toml", db=db, url="http://127.0.0.1:9/batch")
+    # No PRIMARY KEY: PostgreSQL would refuse the NULL ip (SQLite's keys may be NULL).
+    db = app_db(rows=rows, schema="CREATE TABLE geo_cache (ip TEXT, country_code TEXT, "
+                "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT)")
+    return write_geod_config(tmp_path / "geod.toml", db=db.where, url="http://127.0.0.1:9/batch")
 
 
 def test_status_json(status_db: Path, capsys: Capsys) -> None:
@@ -460,12 +461,12 @@ def test_status_json(status_db: Path, capsys: Capsys) -> None:
     assert err == ""
 
 
-def test_status_text(status_db: Path, tmp_path: Path) -> None:
+def test_status_text(status_db: Path, app_db: StoreBackend) -> None:
     """`status` prints the same counts for people, naming the database and table."""
     result = run_geod("--config", str(status_db), "status")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert f"{tmp_path / 'geo.db'} (table geo_cache)" in out
+    assert f"{app_db.where} (table geo_cache)" in out
     assert re.search(r"^rows\s+8$", out, re.M), out
     assert re.search(r"^unresolved\s+4$", out, re.M), out
     assert re.search(r"^unresolvable\s+3\b", out, re.M), out

@@ -23,14 +23,20 @@ from tests.conftest import (
     read_rows,
 )
 from tests.fake_ipapi import FakeIpApi
+from tests.store_backends import StoreBackend
 
 
 @pytest.fixture
-def make_config(make_config: MakeConfig, fake_server: tuple[FakeIpApi, str]) -> MakeConfig:
-    """conftest's factory with this module's defaults; `extra` lands in [ipapi]."""
+def make_config(make_config: MakeConfig, fake_server: tuple[FakeIpApi, str],
+                request: pytest.FixtureRequest) -> MakeConfig:
+    """conftest's factory with this module's defaults; `extra` lands in [ipapi]. A test that
+    takes `app_db` runs against its table (SQLite, then PostgreSQL), others against geo.db."""
+    tables = ({"database": request.getfixturevalue("app_db").database}
+              if "app_db" in request.fixturenames else {})
+
     def make(extra: str = "", interval: float = 600, initial_delay: float = 0) -> Config:
         return make_config(extra, daemon={"interval": interval, "initial_delay": initial_delay},
-                           ipapi={"url": fake_server[1]})
+                           **tables, ipapi={"url": fake_server[1]})
     return make
 
 
@@ -51,10 +57,10 @@ async def reload_after_first_pass(config: Config, clock: FakeClock,
 
 
 async def test_schedule_waits_initial_delay_then_interval(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
     """It logs the schedule, waits initial_delay, then passes every interval until stopped."""
-    make_db([("8.8.8.8", None)])
+    app_db([("8.8.8.8", None)])
     summaries: list[PassSummary] = []
 
     def done(summary: PassSummary) -> None:
@@ -73,10 +79,10 @@ async def test_schedule_waits_initial_delay_then_interval(
 
 
 async def test_reload_mid_pass_coalesces_into_one_pass(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock,
         fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
     """Many reload requests during a pass give exactly one extra pass right after it."""
-    make_db([("8.8.8.8", None)])
+    app_db([("8.8.8.8", None)])
     fake, _ = fake_server
     started = asyncio.Event()
     release = asyncio.Event()
@@ -112,10 +118,10 @@ async def test_reload_mid_pass_coalesces_into_one_pass(
 
 
 async def test_reload_applies_new_config_and_clears_negative_cache(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
     """A reload re-reads the file (new batch size), clears the negative cache, passes now."""
-    make_db([("8.8.8.8", None)])
+    app_db([("8.8.8.8", None)])
     config = make_config()
 
     def before_reload(daemon: Daemon) -> None:
@@ -132,10 +138,10 @@ async def test_reload_applies_new_config_and_clears_negative_cache(
 
 
 async def test_invalid_reload_keeps_old_config_and_still_passes(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
     """A bad config on reload logs config_reload_failed (error), keeps the old one, passes."""
-    make_db([("8.8.8.8", None)])
+    app_db([("8.8.8.8", None)])
     config = make_config()
 
     def before_reload(daemon: Daemon) -> None:
@@ -149,10 +155,10 @@ async def test_invalid_reload_keeps_old_config_and_still_passes(
 
 
 async def test_stop_during_rate_limit_wait_keeps_results(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock,
         fake_server: tuple[FakeIpApi, str]) -> None:
     """A stop during an X-Ttl wait ends the run at once; batches already answered are kept."""
-    db = make_db([("8.8.8.8", None), ("1.1.1.1", None), ("9.9.9.9", None)])
+    db = app_db([("8.8.8.8", None), ("1.1.1.1", None), ("9.9.9.9", None)])
     fake, _ = fake_server
     fake.spend(13, tenant="dashboard")  # two requests left in this window
     stopped_in_wait = asyncio.Event()
@@ -211,9 +217,9 @@ async def test_startup_fails_fast_on_missing_table(
 
 
 async def test_run_once_returns_the_summary(
-        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, make_config: Callable[..., Config], fake_clock: FakeClock) -> None:
     """run_once runs exactly one pass and returns its summary."""
-    make_db([("8.8.8.8", None), ("10.0.0.1", None)])
+    app_db([("8.8.8.8", None), ("10.0.0.1", None)])
     summary = await make_daemon(make_config(), fake_clock).run_once()
     assert summary is not None
     assert (summary.resolved, summary.unresolvable) == (1, 1)
