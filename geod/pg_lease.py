@@ -283,7 +283,17 @@ class Fleet:
 
 
 async def _ensure_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    """Create what is missing, and only that: tables a DBA made need no CREATE privilege."""
+    """Create what is missing, and only that: tables a DBA made need no CREATE privilege.
+
+    Instances started together would race `IF NOT EXISTS` (it is not atomic in PostgreSQL):
+    the check and the creation run in one transaction under an advisory lock on the schema.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"geod:{schema}",))
+        await _create_missing(conn, schema)
+
+
+async def _create_missing(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     s = sql.Identifier(schema)
     cur = await conn.execute("SELECT to_regnamespace(quote_ident(%s))", (schema,))
     if (await cur.fetchone() or (None,))[0] is None:

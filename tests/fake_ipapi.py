@@ -201,9 +201,10 @@ def _tenant(request: web.Request) -> str:
 
 
 def _recorded(
-    request: web.Request, now: float, ips: list[str], status: int, fault: str | None
+    request: web.Request, now: float, ips: list[str], status: int, fault: str | None,
+    tenant: str | None = None,
 ) -> RecordedRequest:
-    tenant, query = _tenant(request), dict(request.query)
+    tenant, query = tenant or _tenant(request), dict(request.query)
     return RecordedRequest(now, tenant, request.method, request.path, query, ips, status, fault)
 
 
@@ -220,7 +221,10 @@ class FakeIpApi:
         max_items: int = 100,
         json_limit: int = JSON_LIMIT,
         keys: frozenset[str] | None = None,
+        per_client: bool = False,
     ) -> None:
+        """`per_client`: one quota (and ban) per client address, as ip-api.com keys them, and
+        a request without X-Tenant is attributed to its address; otherwise one shared quota."""
         self.max_items = max_items
         # The pro service: when set, a request whose `key` is not one of these is refused with
         # 403 (ip-api.md does not say how a bad key is refused; geod treats 401 and 403 alike).
@@ -235,6 +239,8 @@ class FakeIpApi:
         self._clock = clock
         self._batch_window = _Window(limit, window)
         self._json_window = _Window(json_limit, window)
+        self.per_client = per_client
+        self._client_windows: dict[tuple[str, str], _Window] = {}
         self._throttled: collections.Counter[str] = collections.Counter()
         self.app = web.Application(middlewares=[self._record_unrouted])
         self.app.router.add_post("/batch", self._batch)
@@ -344,7 +350,8 @@ class FakeIpApi:
                 rows.append(self.answer_for(entry["query"], fields))
             return 200, rows
 
-        return await self._handle(request, self._batch_window, _ips_in(body), answer, default)
+        window = self._window_of(request, "batch", self._batch_window)
+        return await self._handle(request, window, _ips_in(body), answer, default)
 
     async def _json(self, request: web.Request) -> web.StreamResponse:
         ip = request.match_info["ip"]
@@ -353,7 +360,21 @@ class FakeIpApi:
         def answer() -> _Answer:
             return 200, [self.answer_for(ip, fields)]
 
-        return await self._handle(request, self._json_window, [ip], answer, fields, single=True)
+        window = self._window_of(request, "json", self._json_window)
+        return await self._handle(request, window, [ip], answer, fields, single=True)
+
+    def _window_of(self, request: web.Request, kind: str, shared: _Window) -> _Window:
+        if not self.per_client:
+            return shared
+        key = (request.remote or "", kind)
+        if key not in self._client_windows:
+            self._client_windows[key] = _Window(shared.limit, shared.length)
+        return self._client_windows[key]
+
+    def _who(self, request: web.Request) -> str:
+        if self.per_client and TENANT_HEADER not in request.headers:
+            return request.remote or DEFAULT_TENANT
+        return _tenant(request)
 
     async def _handle(
         self,
@@ -365,10 +386,10 @@ class FakeIpApi:
         *,
         single: bool = False,
     ) -> web.StreamResponse:
-        tenant, now = _tenant(request), self._clock()
+        tenant, now = self._who(request), self._clock()
 
         def record(status: int, fault: str | None) -> None:
-            self._record(_recorded(request, now, ips, status, fault))
+            self._record(_recorded(request, now, ips, status, fault, tenant))
 
         # A ban is checked before anything else: it uses no quota and consumes no fault.
         if tenant in self.banned:
@@ -484,6 +505,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=float, default=60.0, help="window length, seconds")
     parser.add_argument("--ban-after", type=int, default=30, help="429s before a tenant is banned")
     parser.add_argument("--max-items", type=int, default=100, help="batch items before 422")
+    parser.add_argument("--per-client", action="store_true",
+                        help="one quota per client address (ip-api.com's keying)")
     parser.add_argument("--log", help="append one JSON line per recorded request to this file")
     parser.add_argument("--fault", action="append", default=[], type=Fault.parse,
                         metavar="KIND[:STATUS][@DELAY][!]",
@@ -512,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the fake on a real socket with the monotonic clock until SIGTERM/SIGINT; returns 0."""
     args = _parser().parse_args(argv)
     fake = FakeIpApi(
-        limit=args.limit, window=args.window, ban_after=args.ban_after, max_items=args.max_items
+        limit=args.limit, window=args.window, ban_after=args.ban_after, max_items=args.max_items,
+        per_client=args.per_client,
     )
     fake.faults.extend(args.fault)
     if args.log is None:

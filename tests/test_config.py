@@ -893,3 +893,20 @@ def test_load_refresh_config(tmp_path: Path, toml: str, expected: str | dict[str
 def test_refresh_ages_in_seconds() -> None:
     """'30d' is 30 days of seconds; 'off' is None."""
     assert (parse_age("30d"), parse_age("90m"), parse_age("off")) == (2_592_000.0, 5400.0, None)
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ("127.0.0.2", None),
+    ("2001:db8::1", None),
+    ("eth0", "[ipapi] source_address: must be an IP address, got 'eth0'"),
+])
+def test_source_address_is_an_ip_address(tmp_path: Path, value: str, error: str | None) -> None:
+    """[ipapi] source_address binds outgoing requests: an address, not an interface name."""
+    path = tmp_path / "geod.toml"
+    path.write_text(f'[ipapi]\nsource_address = "{value}"\n', encoding="utf-8")
+    if error is None:
+        assert load_config(path, {}).ipapi.source_address == value
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert str(info.value).endswith(error)

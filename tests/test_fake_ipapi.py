@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from geod.provider import make_session
 from tests.conftest import FakeClock
 from tests.fake_ipapi import FakeIpApi, Fault, RecordedRequest
 
@@ -350,3 +351,19 @@ async def test_cli_serves_and_logs(tmp_path: Path) -> None:
     [entry] = [json.loads(x) for x in log.read_text().splitlines()]
     assert entry["ips"] == ["8.8.8.8", "10.0.0.1"] and entry["status"] == 200
     assert entry["tenant"] == "geod" and entry["path"] == "/batch"
+
+
+async def test_per_client_quota_is_keyed_by_source_address(aiohttp_server: Any) -> None:
+    """per_client: each client address has its own window, as on ip-api.com; geod's
+    `make_session(source_address=)` is what puts each instance on its own loopback address."""
+    fake = FakeIpApi(limit=2, window=60, per_client=True)
+    server = await aiohttp_server(fake.app)
+    url = str(server.make_url("/batch"))
+    statuses: dict[str, list[int]] = {}
+    for source in ("127.0.0.2", "127.0.0.3"):
+        async with make_session(source_address=source) as session:
+            for _ in range(3):
+                async with session.post(url, json=["8.8.8.8"]) as response:
+                    statuses.setdefault(source, []).append(response.status)
+    assert statuses == {"127.0.0.2": [200, 200, 429], "127.0.0.3": [200, 200, 429]}
+    assert fake.sent_ips("127.0.0.2") == ["8.8.8.8"] * 3

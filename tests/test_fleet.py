@@ -1,0 +1,179 @@
+"""The fleet in the pass: instances sharing one PostgreSQL table through `pg_fleet.FleetStore`.
+
+Real PostgreSQL, real passes; the provider is an in-memory fake except where a real `geod`
+process has to die (`kill -9`). Lease times are real seconds, kept short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from geod.config import Config
+from geod.negcache import NegativeCache
+from geod.pg_fleet import FleetStore
+from geod.records import Geo, Lookup, Outcome, PassSummary
+from geod.resolve import Pass
+from geod.store import open_store
+from tests.conftest import FakeClock, MakeConfig
+from tests.pg_helpers import make_pg_table, read_pg_rows
+from tests.proc import REPO, _base_env, start_fake_ipapi, write_geod_config
+
+ADDRESSES = [f"8.{i // 250}.{i % 250}.1" for i in range(600)]
+# Counts geod's writes per row: a second fill of the same row would show as writes = 2.
+WRITES_TRIGGER = """
+ALTER TABLE geo_cache ADD COLUMN writes integer NOT NULL DEFAULT 0;
+CREATE FUNCTION count_fill() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.country_code IS NULL AND NEW.country_code IS NOT NULL THEN
+    NEW.writes := OLD.writes + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER count_fill BEFORE UPDATE ON geo_cache FOR EACH ROW EXECUTE FUNCTION count_fill();
+"""
+
+
+class Recording:
+    """A provider that answers everything after a short real pause, and records what it asked."""
+
+    name = "ip-api"
+    batch_size = 100
+
+    def __init__(self, failing: Sequence[str] = (), pause: float = 0.01) -> None:
+        self.asked: list[str] = []
+        self.failing = set(failing)
+        self.pause = pause
+
+    async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
+        self.asked += addresses
+        await asyncio.sleep(self.pause)  # on the network: the other instances move on meanwhile
+        return [Lookup(a, Outcome.FAILED, reason="test") if a in self.failing
+                else Lookup(a, Outcome.RESOLVED, Geo("NL")) for a in addresses]
+
+
+@pytest.fixture
+def fleet_config(make_config: MakeConfig, pg_url: str) -> Config:
+    return make_config(database={"url": pg_url, "geod_schema": "geod", "lease_ttl": 2})
+
+
+async def run_instance(config: Config, provider: Recording, clock: FakeClock) -> PassSummary:
+    """One instance's pass: its own store connection, owner and negative cache."""
+    store = await open_store(config)
+    assert isinstance(store, FleetStore)
+    try:
+        return await Pass(store, [provider], NegativeCache(600, 86400, clock), clock=clock).run()
+    finally:
+        await store.close()
+
+
+async def test_instances_never_ask_about_one_address(
+        fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """Three instances draining one table at once: every row asked once, by one of them, and
+    written once."""
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES])
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(WRITES_TRIGGER)  # type: ignore[arg-type]  # test-owned SQL
+    providers = [Recording() for _ in range(3)]
+    await asyncio.gather(*(run_instance(fleet_config, p, fake_clock) for p in providers))
+    asked = [a for p in providers for a in p.asked]
+    assert sorted(asked) == sorted(ADDRESSES)  # each once, none left out
+    assert sum(1 for p in providers if p.asked) >= 2  # they really shared the work
+    rows = read_pg_rows(pg_url)
+    assert {row["writes"] for row in rows.values()} == {1}
+
+
+async def test_a_failure_one_instance_saw_keeps_the_others_off(
+        fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """The shared attempt log: an address one instance failed on is not asked by the next
+    instance's pass; SIGHUP's clear_attempts lets everyone ask again."""
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES[:5]])
+    first = Recording(failing=ADDRESSES[:2])
+    summary = await run_instance(fleet_config, first, fake_clock)
+    assert (summary.resolved, summary.failed) == (3, 2)
+    second = Recording()
+    await run_instance(fleet_config, second, fake_clock)
+    assert second.asked == []  # a fresh instance, with an empty negative cache of its own
+    store = await open_store(fleet_config)
+    assert await store.clear_attempts() == 2
+    await store.close()
+    await run_instance(fleet_config, second, fake_clock)
+    assert sorted(second.asked) == sorted(ADDRESSES[:2])
+
+
+async def test_a_slow_holder_keeps_its_rows_and_a_stalled_one_loses_them(
+        fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """Leases are renewed while the holder works (waits on its rate limit included), so others
+    pass its rows over; a holder stalled past expiry loses them to the next instance's pass."""
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES[:50]])
+    holder = await open_store(fleet_config)
+    assert isinstance(holder, FleetStore)
+    chunks = holder.due_chunks()
+    held = [row.key for row in await anext(chunks)]
+    assert len(held) == 50
+    await asyncio.sleep(2.5)  # past the 2 s lease: alive only by renewal
+    other = Recording()
+    started = time.monotonic()
+    await run_instance(fleet_config, other, fake_clock)
+    assert other.asked == []  # renewed leases: passed over (after one wait for them)
+    assert time.monotonic() - started < 2 + 1.5
+    # Now the holder stalls: renewals stop, as in a process frozen or cut off from the server.
+    assert holder._keeper is not None  # noqa: SLF001 - simulating a stall of this instance
+    holder._keeper.cancel()  # noqa: SLF001
+    await asyncio.sleep(0.1)
+    await run_instance(fleet_config, other, fake_clock)
+    assert sorted(other.asked) == sorted(held)
+    await holder.close()
+    assert {row["country_code"] for row in read_pg_rows(pg_url).values()} == {"NL"}
+
+
+@pytest.mark.slow
+def test_a_killed_geod_leaves_its_rows_to_the_next(tmp_path: Path, pg_url: str) -> None:
+    """`kill -9` of a real `geod once` mid-batch: its leases expire, another `geod once` resolves
+    every row within the lease time plus one pass, each written once, none lost."""
+    ttl = 3
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES[:150]])
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(WRITES_TRIGGER)  # type: ignore[arg-type]  # test-owned SQL
+    extra = f'geod_schema = "geod"\nlease_ttl = {ttl}\n'
+    # The first answer hangs (geod's 10 s timeout is longer than the test lets it live).
+    with start_fake_ipapi(tmp_path, faults=["slow@60"]) as fake:
+        victim_cfg = write_geod_config(tmp_path / "victim.toml", db=pg_url, url=fake.batch_url,
+                                       extra="")
+        victim_cfg.write_text(victim_cfg.read_text().replace(
+            "[ipapi]", extra + "\n[ipapi]"))
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "geod", "--config", str(victim_cfg), "once"], cwd=REPO,
+            env=_base_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not fake.requests():
+                time.sleep(0.05)
+            assert fake.requests(), "the victim never asked"
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        killed_at = time.monotonic()
+        with psycopg.connect(pg_url) as conn:
+            leased = conn.execute("SELECT count(*) FROM geod.lease").fetchone()
+        assert leased == (100,)  # one claim (CLAIM_SIZE), held by a dead process
+        result = subprocess.run(
+            [sys.executable, "-m", "geod", "--config", str(victim_cfg), "once"], cwd=REPO,
+            env=_base_env(None), capture_output=True, text=True, timeout=60, check=False)
+        took = time.monotonic() - killed_at
+    assert result.returncode == 0, result.stderr
+    assert took < ttl + 10, took  # lease expiry + one (fast, uncontended) pass
+    rows = read_pg_rows(pg_url)
+    assert all(row["country_code"] for row in rows.values())  # nothing lost
+    assert {row["writes"] for row in rows.values()} == {1}  # nothing written twice
+    logged = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert "fleet_waiting_for_leases" in logged
