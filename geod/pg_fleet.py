@@ -3,7 +3,8 @@
 `FleetStore` is the `store.Store` several geod instances share one table through: it hands the
 pass only rows it has leased (`pg_lease.Fleet.claim_due`), keeps those leases renewed while the
 pass works on them (rate-limit waits included), records the pass's outcomes in the shared attempt
-log before it releases them, and at the end of a walk goes back once for rows whose holder died.
+log before it releases them, and takes over rows whose holder died: before each claim when their
+leases have expired, and at the end of a walk by waiting once for the leases still running.
 The pass does not know it is in a fleet: it sees chunks, writes and `settle`.
 """
 
@@ -88,7 +89,11 @@ class FleetStore:
             claimed = 0
             after: str | None = None
             while True:
-                keys, after = await self.fleet.claim_due(self.store.due_sql(), size, after)
+                # Rows a dead instance held come first: behind this walk's position, it would
+                # otherwise reach them only at its end.
+                keys = await self._take_over(size)
+                if not keys:
+                    keys, after = await self.fleet.claim_due(self.store.due_sql(), size, after)
                 if keys:
                     claimed += len(keys)
                     self._hold(keys)
@@ -104,6 +109,16 @@ class FleetStore:
             log.info("fleet_waiting_for_leases", seconds=round(left, 1))
             await asyncio.sleep(left + TAKEOVER_SLACK_S)
             waited = True
+
+    async def _take_over(self, size: int) -> list[str]:
+        """Claim due rows whose lease another instance let expire; [] when there are none."""
+        expired = await self.fleet.take_expired(size)
+        if not expired:
+            return []
+        keys = await self.fleet.claim(await self.store.still_due(expired))
+        if keys:
+            log.info("fleet_took_over", rows=len(keys))
+        return keys
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
         """Share this chunk's outcomes (row key -> outcome) before its leases are released.

@@ -148,6 +148,19 @@ class Fleet:
         claimed, last = row
         return [str(address) for address in claimed], (None if last is None else str(last))
 
+    async def take_expired(self, limit: int) -> list[str]:
+        """Drop up to `limit` leases other owners let expire (a killed or stalled instance);
+        returns their addresses, for the caller to claim if they are still due.
+
+        Locks only the lease rows it drops (SKIP LOCKED: two instances never drop the same).
+        """
+        query = sql.SQL(
+            "DELETE FROM {lease} WHERE address IN ("
+            "  SELECT address FROM {lease} WHERE expires_at <= now() AND owner <> %(owner)s "
+            "  ORDER BY address LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
+            "RETURNING address").format(lease=self._lease)
+        return await self._addresses(query, {"owner": self.owner, "limit": limit})
+
     async def foreign_lease_left(self, due: sql.Composed) -> float | None:
         """Seconds until the last unexpired lease another owner holds on a due row ends.
 

@@ -150,6 +150,16 @@ class PgStore:
             if len(found) < size:
                 return
 
+    async def still_due(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` whose rows are still due (the fleet's take-over of expired leases)."""
+        query = sql.SQL("SELECT d.key FROM ({}) AS d WHERE d.key = ANY(%(keys)s::text[])").format(
+            self.due_sql())
+        try:
+            cur = await self._conn.execute(query, {"after": None, "keys": list(keys)})
+            return [str(key) for (key,) in await cur.fetchall()]
+        except psycopg.Error as error:
+            raise _store_error("reading", error) from None
+
     def due_sql(self) -> sql.Composed:
         """A SELECT of the due rows as (key text, pos) with keys after `%(after)s` (NULL: all).
 

@@ -87,7 +87,8 @@ class FakeServer(NamedTuple):
 
 @contextmanager
 def start_fake_ipapi(
-    tmp_path: Path, limit: int = 15, window: float = 60.0, faults: Sequence[str] = ()
+    tmp_path: Path, limit: int = 15, window: float = 60.0, faults: Sequence[str] = (),
+    per_client: bool = False,
 ) -> Iterator[FakeServer]:
     """Start the fake ip-api server on a free loopback port; stop it when the block ends.
 
@@ -99,6 +100,7 @@ def start_fake_ipapi(
         sys.executable, "-m", "tests.fake_ipapi", "--host", "127.0.0.1", "--port", "0",
         "--limit", str(limit), "--window", str(window), "--log", str(log_path),
         *(arg for spec in faults for arg in ("--fault", spec)),
+        *(["--per-client"] if per_client else []),
     ]  # fmt: skip
     with open(stderr_path, "w", encoding="utf-8") as stderr:
         proc = subprocess.Popen(
