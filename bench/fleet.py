@@ -141,7 +141,15 @@ def summary(url: str, fake: FakeServer) -> dict[str, int]:
         twice = conn.execute("SELECT count(*) FROM geo_cache WHERE writes > 1").fetchone()
         left = conn.execute("SELECT count(*) FROM geo_cache WHERE country_code IS NULL"
                             ).fetchone()
+    # Each instance's own rate, first to last answered request (the fake's clock): start-up
+    # and the last partial window left out.
+    per_tenant: dict[str, list[float]] = collections.defaultdict(list)
+    for r in fake.requests():
+        if r["path"] == "/batch" and r["status"] == 200:
+            per_tenant[r["tenant"]].append(r["time"])
+    spans = [max(t) - min(t) for t in per_tenant.values() if len(t) > 1]
     return {"asked": sum(asked.values()), "asked_twice": sum(1 for c in asked.values() if c > 1),
+            "busy_s": int(1000 * max(spans, default=0.0)),
             "http_429": statuses[429], "http_403": statuses[403],
             "written_twice": int((twice or (0,))[0]), "left_null": int((left or (0,))[0])}
 
@@ -186,7 +194,8 @@ def main() -> None:
             line = (f"N={n}: {args.rows} rows drained in {figures['drained_s']:.1f} s "
                     f"({rate:.0f} rows/s"
                     + (f", {rate / (n * base):.2f} x N x one instance's" if base else "")
-                    + f"), all exited at {figures['exited_s']:.1f} s; asked {counts['asked']}, "
+                    + f"), all exited at {figures['exited_s']:.1f} s; first to last request "
+                    f"{counts['busy_s'] / 1000:.1f} s; asked {counts['asked']}, "
                     f"asked twice {counts['asked_twice']}, 429s {counts['http_429']}, "
                     f"403s {counts['http_403']}, written twice {counts['written_twice']}, "
                     f"left NULL {counts['left_null']}")

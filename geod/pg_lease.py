@@ -12,10 +12,8 @@ back-off ends. Scheduling (when to claim, renew, release) is the caller's.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -194,32 +192,6 @@ class Fleet:
         ).format(lease=self._lease)
         return await self._count(query, {"owner": self.owner, "addresses": list(addresses)})
 
-    @asynccontextmanager
-    async def held(self, addresses: Collection[str],
-                   every: float | None = None) -> AsyncIterator[set[str]]:
-        """Keep our leases on `addresses` renewed while the block runs; release them after.
-
-        Yields the set still held, which shrinks if a renewal finds a lease taken over (we
-        were stalled past expiry): the caller may skip those, and writes stay NULL-guarded.
-        """
-        still = set(addresses)
-
-        async def keep() -> None:
-            while still:
-                await asyncio.sleep(every if every is not None else self.ttl / 3)
-                kept = set(await self.renew(still))
-                still.intersection_update(kept)
-
-        keeper = asyncio.create_task(keep())
-        try:
-            yield still
-        finally:
-            keeper.cancel()
-            try:
-                await keeper
-            except asyncio.CancelledError:
-                pass
-            await self.release(addresses)
 
     async def record_failure(self, addresses: Collection[str], ttl: float,
                              max_ttl: float) -> None:

@@ -136,6 +136,25 @@ async def test_a_slow_holder_keeps_its_rows_and_a_stalled_one_loses_them(
     assert {row["country_code"] for row in read_pg_rows(pg_url).values()} == {"NL"}
 
 
+async def test_expired_rows_behind_the_walk_are_taken_over_before_it_ends(
+        fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """A holder that died on the first rows: another instance's walk, already past them, takes
+    them over at its next claim once their lease expires, not only when its walk ends."""
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES])
+    dead = await open_store(fleet_config)
+    assert isinstance(dead, FleetStore)
+    held = [row.key for row in await anext(dead.due_chunks())]
+    assert dead._keeper is not None  # noqa: SLF001 - it dies: no more renewals
+    dead._keeper.cancel()  # noqa: SLF001
+    survivor = Recording(pause=0.5)  # 5 batches of its own: 2.5 s, past the 2 s lease
+    await run_instance(fleet_config, survivor, fake_clock)
+    assert sorted(survivor.asked) == sorted(ADDRESSES)
+    first_taken = min(survivor.asked.index(key) for key in held)
+    assert first_taken < len(ADDRESSES) - len(held)  # before the walk's own rows ran out
+    await dead.fleet.close()
+    await dead.store.close()
+
+
 @pytest.mark.slow
 def test_a_killed_geod_leaves_its_rows_to_the_next(tmp_path: Path, pg_url: str) -> None:
     """`kill -9` of a real `geod once` mid-batch: its leases expire, another `geod once` resolves

@@ -100,16 +100,6 @@ async def test_release_frees_the_addresses(open_fleet: OpenFleet) -> None:
     assert len(await two.claim(ADDRESSES[:4])) == 4
 
 
-async def test_held_renews_while_waiting_and_releases_after(open_fleet: OpenFleet) -> None:
-    """Inside held() the lease is renewed in the background; afterwards it is gone."""
-    one, two = await open_fleet(ttl=0.3), await open_fleet()
-    claimed = await one.claim(ADDRESSES[:5])
-    async with one.held(claimed, every=0.05) as still:
-        await asyncio.sleep(0.6)  # twice the ttl: only the renewals keep it
-        assert still == set(claimed)
-        assert await two.claim(claimed) == []
-    assert len(await two.claim(claimed)) == 5
-
 
 async def test_a_failure_one_instance_saw_keeps_the_others_off(open_fleet: OpenFleet) -> None:
     """Shared attempt log: an address that just failed is claimed by nobody until it backs off."""
@@ -162,10 +152,10 @@ async def test_claims_never_lock_the_apps_rows(open_fleet: OpenFleet, pg_url: st
         conn.execute("CREATE TABLE geo_cache (ip text PRIMARY KEY, country_code text)")
         conn.execute("INSERT INTO geo_cache VALUES ('8.8.0.1', NULL)")
     one = await open_fleet()
-    async with one.held(await one.claim(["8.8.0.1"])):
-        with psycopg.connect(pg_url) as app:
-            app.execute("SET lock_timeout = '5ms'")
-            app.execute("UPDATE geo_cache SET country_code = 'US'")
+    assert await one.claim(["8.8.0.1"]) == ["8.8.0.1"]  # held until released or expired
+    with psycopg.connect(pg_url) as app:
+        app.execute("SET lock_timeout = '5ms'")
+        app.execute("UPDATE geo_cache SET country_code = 'US'")
 
 
 def test_schema_sql_for_a_dba_names_the_grants() -> None:
