@@ -15,6 +15,7 @@ from typing import Any
 from geod.addresses import classify as classify_address
 from geod.chain import Chain
 from geod.config import Config
+from geod.errors import StoreError
 from geod.negcache import NegativeCache
 from geod.provider import Provider, Resources, is_metered, make_session, source_tag
 from geod.ratelimit import RateGovernor
@@ -121,7 +122,14 @@ async def _chain(config: Config, ask_ipapi: bool) -> tuple[Chain, Resources]:
 
 
 async def dry_run(config: Config, *, ask_ipapi: bool = False) -> tuple[PassSummary, list[Planned]]:
-    """One pass exactly as `geod once` runs it, with every write recorded instead of made."""
+    """One pass exactly as `geod once` runs it, with every write recorded instead of made.
+
+    Raises:
+        StoreError: `[database] url` is set: the dry run knows SQLite only, so far.
+    """
+    if config.database.url:
+        raise StoreError("once --dry-run reads SQLite only; with [database] url it is not "
+                         "available yet (geod status shows the PostgreSQL table's state)")
     chain, resources = await _chain(config, ask_ipapi)
     loop = asyncio.get_running_loop()
     try:
