@@ -295,7 +295,7 @@ class RateGovernor:
         """
         if self.remaining is None or self.reset_at is None:
             return True
-        until_reset = self.reset_at + RESET_MARGIN - self._clock()
+        until_reset = self.reset_at + self.reset_margin - self._clock()
         if until_reset <= 0:
             return True
         left = self.remaining - 1 - self.reserve - self.demand()

@@ -343,3 +343,14 @@ def test_spare_returns_when_the_window_resets(fake_clock: FakeClock) -> None:
     assert not governor.spare()
     fake_clock.advance(31)
     assert governor.spare()
+
+
+def test_spare_waits_for_the_widened_reset_margin(fake_clock: FakeClock) -> None:
+    """After X-Ttl proved rounded down, upkeep's window also ends only at the widened margin."""
+    governor = RateGovernor(0, fake_clock, fake_clock.sleep)
+    governor.observe(0, 30)
+    governor.reset_margin = RESET_MARGIN + 1.0  # as a 429 right after a waited-for reset sets
+    fake_clock.advance(30 + RESET_MARGIN + 0.5)  # past the plain margin, not the widened one
+    assert not governor.spare()
+    fake_clock.advance(0.6)
+    assert governor.spare()
