@@ -87,7 +87,8 @@ class Daemon:
         self._resources: Resources | None = None
         # Fixed for the life of the process (a reload does not move it).
         path = state_path(config.daemon.state_file, environ)
-        self.state = (StateFile(path, self.governor, self.negcache, self._clock, wall_clock)
+        self.state = (StateFile(path, self.governor, self.negcache, self._clock, wall_clock,
+                                upkeep_negcache=self.upkeep_negcache)
                       if path is not None else None)
         self._clear_shared_attempts = False
 

@@ -31,6 +31,8 @@ MAX_ENTRIES = 200_000  # negative-cache entries kept on disk (the latest back-of
 MAX_BYTES = 32 << 20
 MIN_SAVE_GAP = 1.0  # seconds between two saves after a batch (a pass's end always saves)
 
+Entry = tuple[str, int, float]  # address, failures, back-off end (wall clock)
+
 
 class CorruptState(ValueError):
     """The file is not a state file geod can trust; the message says why."""
@@ -48,7 +50,11 @@ def state_path(configured: str, environ: Mapping[str, str] = os.environ) -> Path
 
 
 class StateFile:
-    """Loads and saves one state file for one governor and one negative cache."""
+    """Loads and saves one state file for one governor and the negative caches.
+
+    `negcache` is the pass's (NULL rows), `upkeep_negcache` upkeep's own (rows with a country):
+    both are kept, so a restart re-asks neither kind of address before its back-off ends.
+    """
 
     def __init__(
         self,
@@ -57,10 +63,12 @@ class StateFile:
         negcache: NegativeCache,
         clock: Callable[[], float],
         wall: Callable[[], float] = time.time,
+        upkeep_negcache: NegativeCache | None = None,
     ) -> None:
         self.path = path
         self._governor = governor
         self._negcache = negcache
+        self._upkeep_negcache = upkeep_negcache
         self._clock = clock  # monotonic, the one the governor and cache use
         self._wall = wall
         self._last_save: float | None = None
@@ -79,7 +87,7 @@ class StateFile:
             if not isinstance(data, dict) or data.get("version") != VERSION:
                 version = data.get("version") if isinstance(data, dict) else None
                 raise CorruptState(f"version {str(version)[:20]!r}, expected {VERSION}")
-            governor, entries = self._parse(data)
+            governor, entries, upkeep_entries = self._parse(data)
         except FileNotFoundError:
             log.warning("state_not_found", path=str(self.path), action="starting fresh")
             return False
@@ -88,12 +96,14 @@ class StateFile:
             log.warning("state_ignored", path=str(self.path), reason=reason[:200],
                         action="starting fresh")
             return False
-        self._apply(governor, entries)
+        self._apply(governor, entries, upkeep_entries)
         log.info("state_loaded", path=str(self.path), backing_off=len(entries),
+                 upkeep_backing_off=len(upkeep_entries),
                  remaining=self._governor.remaining, paused=self._governor.pause_reason or None)
         return True
 
-    def _parse(self, data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, int, float]]]:
+    def _parse(self, data: dict[str, Any]
+               ) -> tuple[dict[str, Any], list[Entry], list[Entry]]:
         """Check every value; bound every time so a bad file cannot buy a long wait."""
         now = self._wall()
         gov = data.get("governor")
@@ -116,20 +126,15 @@ class StateFile:
             raise CorruptState("unknown pause_reason")
         if not isinstance(parsed["pause_key"], str) or len(parsed["pause_key"]) > 64:
             raise CorruptState("bad pause_key")
-        raw_entries = data.get("backoff")
-        if not isinstance(raw_entries, list) or len(raw_entries) > MAX_ENTRIES:
-            raise CorruptState("bad backoff list")
-        horizon = now + self._negcache.max_ttl
-        entries = []
-        for item in raw_entries:
-            if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-                    and len(item[0]) <= 64 and type(item[1]) is int and 1 <= item[1] <= 1000
-                    and _finite(item[2])):
-                raise CorruptState("bad backoff entry")
-            entries.append((item[0], item[1], min(float(item[2]), horizon)))
-        return parsed, entries
+        entries = _entries(data.get("backoff"), "backoff", now + self._negcache.max_ttl)
+        # (Absent in a file from before upkeep's back-offs were kept: none, not corrupt.)
+        upkeep = self._upkeep_negcache
+        upkeep_entries = (_entries(data.get("upkeep_backoff", []), "upkeep_backoff",
+                                   now + upkeep.max_ttl) if upkeep is not None else [])
+        return parsed, entries, upkeep_entries
 
-    def _apply(self, gov: dict[str, Any], entries: list[tuple[str, int, float]]) -> None:
+    def _apply(self, gov: dict[str, Any], entries: list[Entry],
+               upkeep_entries: list[Entry]) -> None:
         g, to_mono = self._governor, self._to_monotonic
         g.remaining, g.limit, g.window = gov["remaining"], gov["limit"], gov["window"]
         g.others_now = gov["others_now"]
@@ -144,6 +149,10 @@ class StateFile:
             g.pause_reason, g.pause_key = "", ""
         for address, failures, until in entries:
             self._negcache.restore(address, failures, self._clock() + until - self._wall())
+        if self._upkeep_negcache is not None:
+            for address, failures, until in upkeep_entries:
+                self._upkeep_negcache.restore(address, failures,
+                                              self._clock() + until - self._wall())
 
     def _to_monotonic(self, wall_time: float | None) -> float | None:
         return None if wall_time is None else self._clock() + wall_time - self._wall()
@@ -176,7 +185,12 @@ class StateFile:
         def wall(mono: float | None) -> float | None:
             return None if mono is None else round(mono + delta, 3)
 
-        entries = sorted(self._negcache.entries(), key=lambda e: e[2], reverse=True)
+        def backoff(cache: NegativeCache | None) -> list[list[Any]]:
+            if cache is None:
+                return []
+            entries = sorted(cache.entries(), key=lambda e: e[2], reverse=True)
+            return [[a, f, wall(u)] for a, f, u in entries[:MAX_ENTRIES]]
+
         return {
             "version": VERSION,
             "saved_at": round(self._wall(), 3),
@@ -187,7 +201,8 @@ class StateFile:
                 "reset_margin": g.reset_margin, "paused_until": wall(g.paused_until),
                 "pause_reason": g.pause_reason, "pause_key": g.pause_key,
             },
-            "backoff": [[a, f, wall(u)] for a, f, u in entries[:MAX_ENTRIES]],
+            "backoff": backoff(self._negcache),
+            "upkeep_backoff": backoff(self._upkeep_negcache),
         }
 
 
@@ -208,6 +223,20 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _entries(raw: object, key: str, horizon: float) -> list[Entry]:
+    """One back-off list: [address, failures, wall-clock end], the end pulled back to `horizon`."""
+    if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
+        raise CorruptState(f"bad {key} list")
+    entries = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and len(item[0]) <= 64 and type(item[1]) is int and 1 <= item[1] <= 1000
+                and _finite(item[2])):
+            raise CorruptState(f"bad {key} entry")
+        entries.append((item[0], item[1], min(float(item[2]), horizon)))
+    return entries
 
 
 def _finite(value: object) -> bool:

@@ -253,3 +253,30 @@ async def test_a_reload_clears_the_back_offs_on_disk_but_keeps_the_quota(
     assert after["backoff"] == []
     assert after["governor"]["remaining"] == before["governor"]["remaining"] == 1
     assert after["governor"]["reset_at"] == before["governor"]["reset_at"]
+
+
+UPKEEP_SCHEMA = ("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, "
+                 "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT, source TEXT)")
+UPKEEP_INSERT = ("INSERT INTO geo_cache (ip, country_code, country_name, asn, org, cached_at, "
+                 "source) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+async def test_an_upkeep_address_waits_out_its_back_off_after_a_restart(
+        make_db: MakeDb, config: Callable[..., Config], server: tuple[FakeIpApi, str],
+        world: FakeClock) -> None:
+    """Upkeep's own back-offs (rows with a country) are kept too: no re-ask after a restart."""
+    fake, _ = server
+    make_db([(IPS[0], "DE", "Germany", "AS1", "x", "2000-01-01T00:00:00Z", "ip-api")],
+            schema=UPKEEP_SCHEMA, insert=UPKEEP_INSERT)
+    cfg = config('[database.columns]\nsource = "source"')
+    fake.faults.append(Fault("status", status=500))  # the refresh's look-up fails
+    first = await booted(cfg, world, boot=0).run_once()
+    assert first is not None and len(fake.requests) == 1
+    on_disk = json.loads(Path(cfg.daemon.state_file).read_text())
+    assert [entry[0] for entry in on_disk["upkeep_backoff"]] == [IPS[0]]
+    world.advance(60)
+    await booted(cfg, world, boot=world() - 1).run_once()
+    assert len(fake.requests) == 1  # still backing off: not asked
+    world.advance(600)  # negative_cache.ttl
+    last = await booted(cfg, world, boot=world() - 1).run_once()
+    assert last is not None and len(fake.requests) == 2 and last.changed == 1
