@@ -100,7 +100,10 @@ class RateGovernor:
         self.others_now = 0  # requests the other programs spent in this window, as seen
         self.history: deque[int] = deque(maxlen=DEMAND_MEMORY)  # the same, past windows
         self.waited_s = 0.0
-        self.latency = 0.0  # seconds a request takes, smoothed (for timing the final burst)
+        # Seconds a request takes, first answer to send, smoothed: the final burst's timing, and
+        # the part of X-Rl's age the decision to send cannot see (the request's own flight).
+        self.latency = 0.0
+        self._latency_measured = False
         self.last_seen: float | None = None  # when the last X-Rl arrived
         self._last_sent: float | None = None
         self._clock = clock
@@ -164,7 +167,9 @@ class RateGovernor:
             # Each response bounds the reset from above; the tightest bound is the best guess.
             self.reset_at = min(last_reset, now + ttl)
         if self._last_sent is not None and now >= self._last_sent:
-            self.latency = 0.8 * self.latency + 0.2 * min(now - self._last_sent, 5.0)
+            took = min(now - self._last_sent, 5.0)
+            self.latency = 0.8 * self.latency + 0.2 * took if self._latency_measured else took
+            self._latency_measured = True
         self.remaining = remaining
         self.last_seen = now
         self._log_share()
@@ -248,18 +253,28 @@ class RateGovernor:
             # is so old that the others may have spent what it promised.
             if not self.share or demand == 0 or self.window <= 0:
                 return 0.0
-            stale = self.last_seen or now
-            if now <= stale + tail_bound(spare, OWN_TAIL) * self.window / demand:
+            if now <= self._fresh_until(spare, demand, now):
                 return 0.0
         if not self.share or demand == 0 or self.window <= 0:
             return max(self._paced(now), now) - now
         # `keep` shrinks as the window runs out: the earliest moment `spare` is enough ...
         earliest = self.reset_at - self._absorbs(spare, demand) * self.window / demand
         # ... and X-Rl grows stale as the others keep asking: past this, a 429 of our own.
-        stale = self.last_seen or now
-        deadline = stale + tail_bound(spare, OWN_TAIL) * self.window / demand
+        deadline = self._fresh_until(spare, demand, now)
         start = max(earliest, min(self._paced(now), deadline), now)
         return start - now if start <= deadline else until_reset
+
+    def _fresh_until(self, spare: int, demand: int, now: float) -> float:
+        """The last moment a request may leave while X-Rl is still trusted to have `spare`.
+
+        X-Rl is as old as the time since the last answer plus the next request's flight (the
+        answer's X-Rl was counted about half a round trip before it arrived, the next request
+        is counted about half a round trip after it leaves): in that time the others spend
+        more than `spare` with a chance of at most OWN_TAIL. Counting only the time until
+        the send would take a larger risk than OWN_TAIL on every request sent at this limit.
+        """
+        seen = self.last_seen if self.last_seen is not None else now
+        return seen + tail_bound(spare, OWN_TAIL) * self.window / demand - self.latency
 
     def _paced(self, now: float) -> float:
         """When the next request is due if geod's expected budget is spread up to the end."""

@@ -10,10 +10,12 @@ from aiohttp.test_utils import TestServer
 
 from geod.config import IpApiConfig
 from geod.ipapi import IpApiProvider
+from geod.poisson import tail_bound
 from geod.provider import make_session
 from geod.ratelimit import (
     FINAL_SLOT,
     MIN_FINAL_SLOT,
+    OWN_TAIL,
     RESET_MARGIN,
     RateGovernor,
 )
@@ -354,3 +356,21 @@ def test_spare_waits_for_the_widened_reset_margin(fake_clock: FakeClock) -> None
     assert not governor.spare()
     fake_clock.advance(0.6)
     assert governor.spare()
+
+
+@pytest.mark.parametrize(("round_trip", "sends_now"), [(0.0, True), (0.5, False)])
+async def test_x_rl_staleness_counts_the_requests_own_flight(
+        fake_clock: FakeClock, round_trip: float, sends_now: bool) -> None:
+    """0.3 s before X-Rl's staleness limit: a request whose flight takes 0.5 s would reach
+    ip-api past it (more risk of a 429 of geod's own than OWN_TAIL), so it does not go."""
+    governor = RateGovernor(0, fake_clock, fake_clock.sleep, share=True)
+    governor.observe(14, 60)
+    fake_clock.advance(50)
+    await governor.wait_turn()
+    fake_clock.advance(round_trip)
+    governor.observe(4, 10)
+    governor.others_now = 6  # the others' demand: 6 a window
+    governor.backlog = 1  # the pass's last request: it fits in what the window spares
+    assert governor.latency == round_trip
+    fake_clock.advance(tail_bound(3, OWN_TAIL) * 60 / 6 - 0.3)
+    assert (governor.delay() == 0.0) is sends_now
