@@ -8,8 +8,11 @@ to (`ask_ipapi`): a look at one row must not spend the quota the NULL rows need.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from geod.addresses import classify as classify_address
@@ -30,10 +33,15 @@ from geod.records import (
 )
 from geod.resolve import Pass, utc_now
 from geod.sqlite_store import KEPT, SqliteStore
+from geod.state import CorruptState, recorded, state_path
 from geod.store import open_store
 from geod.upkeep import Cursor, for_pass
 from geod.upkeep_rules import Kind, decide, local_fill, make_query, utc_datetime
 from geod.upkeep_rules import classify as classify_row
+
+# Where the unit's `StateDirectory=geod` keeps the state file: `geod explain` from a shell has
+# no $STATE_DIRECTORY, but the operator means the running daemon's.
+UNIT_STATE = "/var/lib/geod/state.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +107,13 @@ class Explanation:
     answers: list[dict[str, Any]] = field(default_factory=list)  # chain order
     backoff: str = ""
     would_write: Planned | None = None
+    ipapi: str = ""  # a ban or refused key the state file records, else ""
+    state: dict[str, Any] = field(default_factory=dict)  # what the state file says, for --json
 
     def as_json(self) -> dict[str, Any]:
         return {"ip": self.address, "stored": self.stored, "sendable": self.sendable,
                 "verdict": self.verdict, "answers": self.answers, "backoff": self.backoff,
+                "ipapi_pause": self.ipapi or None, "state": self.state,
                 "would_write": self.would_write.as_json() if self.would_write else None}
 
 
@@ -151,7 +162,9 @@ async def dry_run(config: Config, *, ask_ipapi: bool = False) -> tuple[PassSumma
     return summary, store.planned
 
 
-async def explain(config: Config, address: str, *, ask_ipapi: bool = False) -> Explanation:
+async def explain(config: Config, address: str, *, ask_ipapi: bool = False,
+                  environ: Mapping[str, str] = os.environ, unit_state: str = UNIT_STATE,
+                  wall: Callable[[], float] = time.time) -> Explanation:
     """What geod knows and would do about one stored address (nothing is written)."""
     store = await open_store(config, readonly=True)
     try:
@@ -164,10 +177,7 @@ async def explain(config: Config, address: str, *, ask_ipapi: bool = False) -> E
         result = Explanation(address, stored, target.address, "")
         query = make_query(config, chain.providers, utc_datetime(utc_now()))
         result.verdict, kind = _verdict(stored, target.address, target.reason, query)
-        result.backoff = ("the running daemon keeps its back-off in memory (cleared by "
-                          "`systemctl reload geod`); a failed look-up waits "
-                          f"{config.negative_cache.ttl}s, doubling up to "
-                          f"{config.negative_cache.max_ttl}s")
+        _read_state(result, config, target.address or address, environ, unit_state, wall)
         geos: list[tuple[Provider, Geo]] = []
         for provider in chain.providers:
             if target.address is None:
@@ -191,6 +201,61 @@ async def explain(config: Config, address: str, *, ask_ipapi: bool = False) -> E
         chain.close()
         await resources.session.close()
     return result
+
+
+def _read_state(result: Explanation, config: Config, address: str,
+                environ: Mapping[str, str], unit_state: str, wall: Callable[[], float]) -> None:
+    """The address's back-off and any ip-api pause, as the daemon's state file has them.
+
+    Read only: the file is the daemon's, and `explain` must never change what it remembers.
+    """
+    neg = config.negative_cache
+    rule = (f"a failed look-up waits {neg.ttl}s, doubling up to {neg.max_ttl}s; "
+            "`systemctl reload geod` clears every back-off")
+    path = state_path(config.daemon.state_file, environ)
+    if path is None and os.path.exists(unit_state):
+        path = Path(unit_state)
+    if path is None:
+        result.backoff = (f"unknown: no state file ([daemon] state_file, $STATE_DIRECTORY or "
+                          f"{unit_state}); {rule}")
+        return
+    try:
+        found = recorded(path, address, neg.max_ttl, wall)
+    except (OSError, ValueError, RecursionError) as error:  # CorruptState is a ValueError
+        why = str(error) if isinstance(error, CorruptState) else (
+            getattr(error, "strerror", None) or type(error).__name__)
+        result.backoff = f"unknown: state file {path} not read ({why}); {rule}"
+        result.state = {"file": str(path), "error": why}
+        return
+    now = wall()
+    parts = []
+    for who, entry in (("pass", found.backoff), ("upkeep", found.upkeep_backoff)):
+        if entry is not None and entry[1] > now:
+            parts.append(f"{who}: {entry[0]} failure(s), next attempt {_when(entry[1], now)}")
+        elif entry is not None:
+            parts.append(f"{who}: {entry[0]} failure(s), back-off over (asked on the next pass)")
+    result.backoff = (f"{'; '.join(parts) or 'none'} (state file {path}); {rule}")
+    paused = found.paused_until if (found.paused_until or 0.0) > now else None
+    if paused is not None:
+        result.ipapi = f"paused ({found.pause_reason}) until {_when(paused, now)}"
+    result.state = {
+        "file": str(path),
+        "backoff": _entry_json(found.backoff), "upkeep_backoff": _entry_json(found.upkeep_backoff),
+        "ipapi_paused_until": _utc(paused) if paused is not None else None,
+        "ipapi_pause_reason": found.pause_reason if paused is not None else None,
+    }
+
+
+def _utc(wall_time: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time))
+
+
+def _when(wall_time: float, now: float) -> str:
+    return f"{_utc(wall_time)} (in {round(wall_time - now)}s)"
+
+
+def _entry_json(entry: tuple[int, float] | None) -> dict[str, Any] | None:
+    return None if entry is None else {"failures": entry[0], "next_attempt": _utc(entry[1])}
 
 
 def _verdict(stored: dict[str, Any] | None, address: str | None, reason: str,
@@ -266,6 +331,8 @@ def render_explanation(result: Explanation) -> list[str]:
         detail = " ".join(f"{k}={_show(v)}" for k, v in rest.items())
         lines.append(f"  {answer['provider']:8} {answer['outcome']:10} {detail}".rstrip())
     lines.append(f"back-off     {result.backoff}")
+    if result.ipapi:
+        lines.append(f"ip-api       {result.ipapi}")
     if result.would_write is None:
         lines.append("would write  nothing")
     else:

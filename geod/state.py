@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +80,7 @@ class StateFile:
     def load(self) -> bool:
         """Restore what the file remembers; False (and a warning) when there is nothing usable."""
         try:
-            with self.path.open("rb") as file:
-                raw = file.read(MAX_BYTES + 1)
-            if len(raw) > MAX_BYTES:
-                raise CorruptState(f"larger than {MAX_BYTES} bytes")
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != VERSION:
-                version = data.get("version") if isinstance(data, dict) else None
-                raise CorruptState(f"version {str(version)[:20]!r}, expected {VERSION}")
-            governor, entries, upkeep_entries = self._parse(data)
+            governor, entries, upkeep_entries = self._parse(read_file(self.path))
         except FileNotFoundError:
             log.warning("state_not_found", path=str(self.path), action="starting fresh")
             return False
@@ -204,6 +197,56 @@ class StateFile:
             "backoff": backoff(self._negcache),
             "upkeep_backoff": backoff(self._upkeep_negcache),
         }
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The file's JSON, size- and version-checked; never writes. CorruptState or OSError."""
+    with path.open("rb") as file:
+        raw = file.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise CorruptState(f"larger than {MAX_BYTES} bytes")
+    data = json.loads(raw)
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise CorruptState(f"version {str(version)[:20]!r}, expected {VERSION}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a state file says about one address and about ip-api (`geod explain`).
+
+    Back-offs are (failures, next attempt), times are wall-clock seconds; None = not recorded.
+    """
+
+    backoff: tuple[int, float] | None
+    upkeep_backoff: tuple[int, float] | None
+    paused_until: float | None
+    pause_reason: str
+
+
+def recorded(path: Path, address: str, max_ttl: float,
+             wall: Callable[[], float] = time.time) -> Recorded:
+    """Read (only) what the daemon's state file holds about `address`, bounded as `load` bounds
+    it. Raises CorruptState or OSError (missing, unreadable) for the caller to say so."""
+    data, now = read_file(path), wall()
+    gov = data.get("governor")
+    if not isinstance(gov, dict):
+        raise CorruptState("no governor section")
+
+    def find(key: str) -> tuple[int, float] | None:
+        raw = data.get(key, []) if key == "upkeep_backoff" else data.get(key)
+        for found, failures, until in _entries(raw, key, now + max_ttl):
+            if found == address:
+                return failures, until
+        return None
+
+    paused = _time_or_none(gov, "paused_until", now + max(BAN_PAUSE, KEY_PAUSE))
+    reason = gov.get("pause_reason", "")
+    if reason not in ("", "banned", "key refused"):
+        raise CorruptState("unknown pause_reason")
+    return Recorded(find("backoff"), find("upkeep_backoff"),
+                    paused if reason else None, reason if paused is not None else "")
 
 
 def _write_atomically(path: Path, text: str) -> None:

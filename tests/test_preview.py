@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import MakeDb, read_rows, write_config
+from geod.negcache import NegativeCache
+from geod.ratelimit import BAN_PAUSE, RateGovernor
+from geod.state import StateFile
+from tests.conftest import FakeClock, MakeDb, read_rows, write_config
 from tests.mmdb_files import geolite2_country, write_mmdb
 from tests.proc import FakeServer, run_geod, start_fake_ipapi
 
@@ -116,3 +121,37 @@ def test_explain_shows_the_row_each_answer_and_the_write(setup: tuple[Path, Path
         assert conn.execute("SELECT COUNT(*) FROM geo_cache WHERE country_code IS NULL"
                             ).fetchone() == (3,)
     conn.close()
+
+
+def test_explain_shows_the_back_off_and_pause_the_state_file_holds(
+        tmp_path: Path, setup: tuple[Path, Path], fake: FakeServer) -> None:
+    """With the daemon's state file: the address's real back-off (pass and upkeep) and an
+    ip-api ban, as wall-clock times; the file is read, never written."""
+    config, _ = setup
+    clock = FakeClock()
+    governor = RateGovernor(0, clock, clock.sleep)
+    negcache, upkeep = NegativeCache(600, 86400, clock), NegativeCache(600, 86400, clock)
+    negcache.record_failure("9.9.9.9")
+    negcache.record_failure("9.9.9.9")  # 2 failures: 1200 s from now
+    upkeep.record_failure("77.88.8.8")
+    governor.refuse("banned", BAN_PAUSE)
+    state = tmp_path / "state.json"
+    StateFile(state, governor, negcache, clock, upkeep_negcache=upkeep).save()
+    written, mtime = state.read_bytes(), state.stat().st_mtime_ns
+    config.write_text(config.read_text() + f'[daemon]\nstate_file = "{state}"\n')
+    data = json.loads(run_geod("explain", "9.9.9.9", "--json", "--config", str(config)).stdout)
+    assert data["state"]["backoff"]["failures"] == 2
+    assert data["state"]["upkeep_backoff"] is None
+    next_attempt = datetime.fromisoformat(data["state"]["backoff"]["next_attempt"])
+    assert abs(next_attempt.timestamp() - (time.time() + 1200)) < 30
+    assert data["state"]["ipapi_pause_reason"] == "banned"
+    assert "paused (banned) until" in data["ipapi_pause"]
+    text = run_geod("explain", "77.88.8.8", "--config", str(config)).stdout
+    assert "back-off     upkeep: 1 failure(s), next attempt " in text
+    assert "ip-api       paused (banned) until " in text
+    assert state.read_bytes() == written and state.stat().st_mtime_ns == mtime
+    missing = tmp_path / "none.json"
+    config.write_text(config.read_text().replace(str(state), str(missing)))
+    data = json.loads(run_geod("explain", "9.9.9.9", "--json", "--config", str(config)).stdout)
+    assert data["backoff"].startswith(f"unknown: state file {missing} not read")
+    assert not missing.exists()
