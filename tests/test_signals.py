@@ -77,7 +77,12 @@ def test_startup_schedules_and_first_pass_resolves(tmp_path: Path, make_db: Make
 
 def test_nothing_to_do_logs_skip(tmp_path: Path, make_db: MakeDb) -> None:
     """A pass with no NULL rows logs geo_re_resolve_skip (no_unresolved_ips) and sends nothing."""
-    db = make_db(rows=[("8.8.8.8", "US"), ("1.1.1.1", "")])
+    # Complete rows: with a NULL asn/org the 8.8.8.8 row would be filled (upkeep), and whether
+    # that request went out before the SIGTERM would be a race.
+    db = make_db(rows=[("8.8.8.8", "US", "United States", "AS15169", "Google LLC"),
+                       ("1.1.1.1", "", None, None, None)],
+                 insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
+                        "VALUES (?, ?, ?, ?, ?)")
     with start_fake_ipapi(tmp_path) as fake:
         cfg = write_geod_config(tmp_path / "geod.toml", db=db, url=fake.batch_url)
         with GeodProcess(cfg) as geod:
