@@ -17,10 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from geod.country_names import COMMON, STYLES
-from geod.credentials import read_key_file
+from geod.credentials import MAX_KEY, read_key_file
 from geod.errors import ConfigError
 from geod.hostport import split_host_port
 from geod.pg_url import check_url, read_password_file
+from geod.safefile import UnreadableFile, read_small_file
 from geod.schema import build, setting, show
 
 DEFAULT_CONFIG_PATH = Path("/etc/geod/config.toml")
@@ -30,6 +31,7 @@ REDACTED = "<redacted>"
 PROVIDERS = ("ip-api", "mmdb", "rir")
 
 _DAY = 86_400
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB; more is the wrong file
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,8 @@ class ColumnsConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    path: str = setting("geo.db", nonempty=True)  # the shipped config says /var/lib/geod/geo.db
+    # the shipped config says /var/lib/geod/geo.db
+    path: str = setting("geo.db", nonempty=True, path=True)
     table: str = setting("geo_cache", identifier=True, nonempty=True)
     create: bool = setting(True)
     busy_timeout: float = setting(30.0, low=0, high=3600)
@@ -89,10 +92,10 @@ class NegativeCacheConfig:
 @dataclass(frozen=True, slots=True)
 class IpApiConfig:
     url: str = setting("")  # "" = derived: the free endpoint, or the pro one when key is set
-    key: str = setting("")
+    key: str = setting("", secret=True)  # never echoed in an error, a log line or check-config
     # A file holding the key (derived: read into `key`). "$CREDENTIALS_DIRECTORY/NAME" reads a
     # systemd LoadCredential=, so the key stays out of this world-readable file.
-    key_file: str = setting("")
+    key_file: str = setting("", path=True)
     batch_size: int = setting(100, low=1, high=100)
     timeout: float = setting(10.0, low=0.1, high=300)
     max_attempts: int = setting(5, low=1, high=20)
@@ -157,8 +160,8 @@ def parse_age(text: str) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class MmdbConfig:
-    path: str = setting("")  # a country/city database; required when providers has "mmdb"
-    asn_path: str = setting("")  # optional ASN database: adds asn/org to mmdb answers
+    path: str = setting("", path=True)  # a country/city database; required with providers "mmdb"
+    asn_path: str = setting("", path=True)  # optional ASN database: adds asn/org to mmdb answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +226,12 @@ def load_config(
     """
     file = str(path)
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(file, "", f"cannot read config: {error.strerror or error}") from None
+        data = read_small_file(path, MAX_CONFIG_BYTES)
+        # A leading UTF-8 byte-order mark (Windows editors write one) carries no meaning in
+        # TOML; it is dropped rather than reported as "invalid statement" at line 1, column 1.
+        raw = tomllib.loads(data.decode("utf-8-sig"))
+    except UnreadableFile as error:
+        raise ConfigError(file, "", f"cannot read config: {error.reason}") from None
     except UnicodeDecodeError:
         raise ConfigError(file, "", "cannot read config: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
@@ -267,7 +273,8 @@ def _check_relations(config: Config, file: str) -> None:
         except ValueError:  # e.g. an unclosed IPv6 bracket
             host = None
         if host is None or parts.scheme not in ("http", "https"):
-            raise ConfigError(file, "ipapi.url", f"must be an http(s) URL, got {show(url)}")
+            shown = "a URL with credentials" if "@" in url else show(url)  # never echo a password
+            raise ConfigError(file, "ipapi.url", f"must be an http(s) URL, got {shown}")
         if parts.query or parts.username or parts.password:
             raise ConfigError(
                 file, "ipapi.url", "must not carry a query or credentials (use key for the key)"
@@ -295,6 +302,11 @@ def _check_relations(config: Config, file: str) -> None:
     elif config.database.password_file or config.database.geod_schema:
         key = "password_file" if config.database.password_file else "geod_schema"
         raise ConfigError(file, f"database.{key}", "needs a PostgreSQL url")
+    key = config.ipapi.key
+    if key and (len(key) > MAX_KEY or not key.isprintable() or any(c.isspace() for c in key)):
+        # Like a key file's check, and like it without the value: it is a secret.
+        raise ConfigError(file, "ipapi.key", f"must be the key alone (printable, no spaces, "
+                                             f"at most {MAX_KEY} characters)")
     if config.ipapi.key and config.ipapi.key_file:
         raise ConfigError(file, "ipapi.key_file", "set key or key_file, not both")
     if config.metrics.listen:

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from geod.safefile import read_small_file
+
 _PREFIXES = ("$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/")
 MAX_KEY = 256  # real keys are a few dozen characters; anything longer is the wrong file
+MAX_KEY_FILE = 4096  # the key plus surrounding blank lines; a bigger file is the wrong file
 
 
 def resolve_key_path(name: str, base: Path, environ: Mapping[str, str]) -> Path:
@@ -36,14 +39,15 @@ def read_key_file(name: str, base: Path, environ: Mapping[str, str]) -> tuple[Pa
     """Read the key `name` points at; returns (the file read, the key without surrounding space).
 
     Raises:
-        ValueError: the file is unreadable, empty, or holds more than one token. The message
-            names the file, never its content.
+        ValueError: (UnreadableFile among them) the file is unreadable, not a regular file,
+            too big, empty, or holds more than one token. The message names the file, never
+            its content.
     """
     path = resolve_key_path(name, base, environ)
     try:
-        secret = path.read_text(encoding="utf-8").strip()
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+        # Read through the one safe reader: /dev/zero, a FIFO or a huge file is refused, not
+        # read until memory runs out or forever. UnreadableFile's text names the file only.
+        secret = read_small_file(path, MAX_KEY_FILE).decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     if not secret:

@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from geod.credentials import resolve_key_path
+from geod.safefile import read_small_file
 
 SCHEMES = ("postgresql", "postgres")
 MAX_PASSWORD = 1024
+MAX_PASSWORD_FILE = 4096  # the password plus blank lines; a bigger file is the wrong file
 _SECRET_PARAMS = ("password", "sslpassword")
 
 
@@ -51,9 +53,9 @@ def read_password_file(name: str, base: Path, environ: Mapping[str, str]) -> tup
     """
     path = resolve_key_path(name, base, environ)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+        # The one safe reader (as for key_file): /dev/zero, a FIFO or a huge file is refused,
+        # not read until memory runs out or forever. UnreadableFile names the file only.
+        text = read_small_file(path, MAX_PASSWORD_FILE).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text") from None
     lines = text.splitlines()

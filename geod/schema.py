@@ -1,6 +1,7 @@
 """Validate a TOML table against a frozen dataclass whose fields carry their own rules.
 
-`setting(default, low=, high=, choices=, identifier=, nonempty=)` declares a field and its rules;
+`setting(default, low=, high=, choices=, identifier=, nonempty=, path=, secret=)` declares a
+field and its rules (every string is also checked by `text_problem`; a `secret` is never echoed);
 `build(cls, table, key, file)` checks a parsed table against the class, recursing into
 sub-tables, and raises `ConfigError` naming the file, the dotted key and the bad value.
 Knows nothing of geod's settings: `config` declares them.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import field, fields, is_dataclass
 from typing import Any, get_origin, get_type_hints
@@ -30,6 +32,8 @@ def setting(
     item: str = "value",
     identifier: bool = False,
     nonempty: bool = False,
+    path: bool = False,
+    secret: bool = False,
 ) -> Any:
     """A dataclass field whose validation rules ride along in its metadata.
 
@@ -39,9 +43,11 @@ def setting(
         item: what one list item is called in errors ("provider").
         identifier: an SQL identifier ("" allowed unless `nonempty`).
         nonempty: "" is not allowed.
+        path: a file name: also checked against what Linux takes (PATH_MAX, NAME_MAX).
+        secret: never echoed in an error.
     """
     rules = {"low": low, "high": high, "choices": choices, "item": item,
-             "identifier": identifier, "nonempty": nonempty}
+             "identifier": identifier, "nonempty": nonempty, "path": path, "secret": secret}
     return field(default=default, metadata=rules)
 
 
@@ -86,8 +92,11 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
         return hint(value)
     if get_origin(hint) is tuple:
         return _check_list(value, rules, fail)
+    secret = bool(rules["secret"])
     if not isinstance(value, str):
-        raise fail(f"must be a string, got {show(value)}")
+        raise fail(f"must be a string, got {_kind(value) if secret else show(value)}")
+    if (problem := text_problem(value, path=rules["path"])) is not None:
+        raise fail(problem)
     if rules["choices"] and value not in rules["choices"]:
         raise fail(f"must be one of {', '.join(rules['choices'])}, got {show(value)}")
     if rules["nonempty"] and not value:
@@ -100,10 +109,46 @@ def _check_value(value: Any, hint: Any, rules: Mapping[str, Any], key: str, file
     return value
 
 
+# What the OS (or a sane reader) cannot take in a config string. No setting has a use for a control
+# character; in a path, a NUL would cut the name short in every C call (SQLite would quietly open
+# a file called by the first part), and Linux refuses names past PATH_MAX / NAME_MAX bytes.
+_PATH_MAX = 4095
+_NAME_MAX = 255
+
+
+def text_problem(value: str, *, path: bool = False) -> str | None:
+    """Why `value` cannot be a config string, or None. Never quotes the value itself."""
+    for index, char in enumerate(value):
+        if unicodedata.category(char) == "Cc" or char in "\u2028\u2029":
+            what = "a NUL character" if char == "\0" else f"control character U+{ord(char):04X}"
+            return f"must not contain {what} (at position {index})"
+    if path:
+        encoded = value.encode("utf-8", "surrogateescape")
+        if len(encoded) > _PATH_MAX:
+            return f"path is {len(encoded):,} bytes, longer than the {_PATH_MAX:,} Linux allows"
+        if any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+            return f"a path component is longer than the {_NAME_MAX} bytes Linux allows"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """What sort of value was given, for settings whose value must not be echoed (secrets)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict | list):
+        return show(value)
+    return "a date or time" if not isinstance(value, str) else "a string"
+
+
 def _check_list(value: Any, rules: Mapping[str, Any], fail: Callable[[str], ConfigError]) -> Any:
     """A non-empty array of distinct strings, each one of `choices`."""
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise fail(f"must be an array of strings, got {show(value)}")
+    for item in value:
+        if (problem := text_problem(item)) is not None:
+            raise fail(problem)
     if not value:
         raise fail("must not be empty")
     for index, item in enumerate(value):

@@ -238,7 +238,7 @@ CASES: list[Any] = [
         id="int-beyond-64-bit",
     ),
     pytest.param(
-        "[ipapi]\nkey = 5\n", "{file}: [ipapi] key: must be a string, got 5", id="key-as-int"
+        "[ipapi]\nkey = 5\n", "{file}: [ipapi] key: must be a string, got a number", id="key-as-int"
     ),
     pytest.param(
         "[database]\npath = 5\n",
