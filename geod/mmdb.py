@@ -23,6 +23,7 @@ from geod.country_names import COMMON
 from geod.errors import ConfigError
 from geod.provider import LOCAL_BATCH
 from geod.records import Geo, Lookup, Outcome
+from geod.safefile import UnreadableFile, require_regular
 from geod.validate import country_code, country_name, plausible_text
 
 log = structlog.get_logger("geod.mmdb")
@@ -55,13 +56,52 @@ def _signature(path: str) -> _Signature | None:
     return _Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _open_reader(path: str) -> maxminddb.Reader:
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A reader whose metadata has been read and checked, and what geod needs from it."""
+
+    reader: maxminddb.Reader
+    ipv4_only: bool
+    database_type: str
+    built: str
+    build_epoch: int
+
+
+def _open_reader(path: str) -> _Opened:
+    """Open and inspect one file; any failure on the way is an MmdbOpenError, never another.
+
+    The file is hostile until proven otherwise: a FIFO would block the open, and the library
+    raises whatever it meets (OverflowError on a build_epoch of 2**64-1, KeyError, ...).
+    """
     try:
-        return maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT)
+        require_regular(path)
+    except UnreadableFile as error:
+        raise MmdbOpenError(path, error.reason) from None
+    try:
+        reader = maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT)
     except OSError as error:
         raise MmdbOpenError(path, str(error.strerror or error)) from None
-    except (maxminddb.InvalidDatabaseError, ValueError):
+    except Exception:  # noqa: BLE001 - InvalidDatabaseError, ValueError, and whatever else
         raise MmdbOpenError(path, "not a MaxMind DB file") from None
+    try:
+        return _inspect(reader)
+    except Exception as error:  # noqa: BLE001 - the metadata is as hostile as the records
+        reader.close()
+        raise MmdbOpenError(path, f"unusable metadata: {error}") from None
+
+
+def _inspect(reader: maxminddb.Reader) -> _Opened:
+    """Read the metadata geod relies on. Raises: ValueError (or whatever the library raises)."""
+    meta = reader.metadata()
+    if meta.ip_version not in (4, 6):
+        raise ValueError(f"ip_version must be 4 or 6, got {meta.ip_version!r}")
+    if not isinstance(meta.database_type, str):
+        raise ValueError("database_type is not text")
+    try:
+        built = datetime.fromtimestamp(meta.build_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError, TypeError):
+        raise ValueError(f"build_epoch {meta.build_epoch!r} is not a date") from None
+    return _Opened(reader, meta.ip_version == 4, meta.database_type, built, int(meta.build_epoch))
 
 
 class WatchedReader:
@@ -71,8 +111,7 @@ class WatchedReader:
         """Raises: MmdbOpenError."""
         self.path = path
         self._seen = _signature(path)  # stat before open: a replacement in between is re-read
-        self._reader = _open_reader(path)
-        self._ipv4_only = self._reader.metadata().ip_version == 4
+        self._open = _open_reader(path)
         self._log_opened()
 
     def refresh(self, *, force: bool = False) -> None:
@@ -85,38 +124,40 @@ class WatchedReader:
             return
         self._seen = seen
         try:
-            reader = _open_reader(self.path)
+            opened = _open_reader(self.path)
         except MmdbOpenError as error:
             log.error("mmdb_reload_failed", path=self.path, reason=str(error),
                       action="kept_old_reader")
             return
-        self._reader.close()
-        self._reader = reader
-        self._ipv4_only = reader.metadata().ip_version == 4
+        self._open.reader.close()
+        self._open = opened
         self._log_opened()
 
     def get(self, address: str) -> Any:
-        """The record for a normalised address, or None when the file has no data for it."""
-        if self._ipv4_only and ":" in address:
+        """The record for a normalised address, or None when the file has no data for it.
+
+        Raises:
+            Exception: whatever the library raises on a corrupt record (the caller confines it).
+        """
+        if self._open.ipv4_only and ":" in address:
             return None  # the reader raises ValueError for IPv6 in an IPv4-only file
-        return self._reader.get(address)
+        return self._open.reader.get(address)
 
     def close(self) -> None:
-        self._reader.close()
+        self._open.reader.close()
 
     @property
     def build_epoch(self) -> int:
         """When the file in use was built (its metadata): tells one release from the next."""
-        return int(self._reader.metadata().build_epoch)
+        return self._open.build_epoch
 
     @property
     def database_type(self) -> str:
-        return str(self._reader.metadata().database_type)
+        return self._open.database_type
 
     def _log_opened(self) -> None:
-        meta = self._reader.metadata()
-        built = datetime.fromtimestamp(meta.build_epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        log.info("mmdb_opened", path=self.path, database_type=meta.database_type, built=built)
+        log.info("mmdb_opened", path=self.path, database_type=self._open.database_type,
+                 built=self._open.built)
 
 
 class MmdbProvider:
@@ -200,17 +241,32 @@ class MmdbProvider:
             self.asn.close()
 
     def _lookup(self, address: str) -> Lookup:
+        # A corrupt record fails this one address (FAILED: the next provider is asked and the
+        # pass goes on); an implausible but readable one is a MISS.
         try:
-            geo = parse_country(self.country.get(address), self.names)
+            record = self.country.get(address)
+        except Exception as error:  # noqa: BLE001 - InvalidDatabaseError and whatever else
+            return self._failed(address, self.country.path, error)
+        try:
+            geo = parse_country(record, self.names)
         except ValueError as error:
             return Lookup(address, Outcome.MISS, reason=str(error), source=self.name)
         if geo is None:
             return Lookup(address, Outcome.MISS, reason="not in database", source=self.name)
         if self.asn is not None and geo.asn is None:
-            asn, org = parse_asn(self.asn.get(address))
+            try:
+                asn_record = self.asn.get(address)
+            except Exception:  # noqa: BLE001 - a corrupt ASN record costs only asn/org
+                asn_record = None
+            asn, org = parse_asn(asn_record)
             if asn is not None:
                 geo = Geo(geo.country_code, geo.country_name, asn, org)
         return Lookup(address, Outcome.RESOLVED, geo=geo, source=self.name)
+
+    def _failed(self, address: str, path: str, error: Exception) -> Lookup:
+        reason = f"corrupt record in {path}: {type(error).__name__}"
+        log.warning("mmdb_record_unreadable", path=path, error=str(error)[:200])
+        return Lookup(address, Outcome.FAILED, reason=reason, source=self.name)
 
 
 def check_mmdb(config: Config) -> None:

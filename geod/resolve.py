@@ -219,11 +219,21 @@ class Pass:
         self, provider: Provider, batch: list[str], keys_by_address: dict[str, list[str]],
         *, last: bool,
     ) -> list[Lookup]:
-        """One provider call: write its answers, return the look-ups to pass on (MISS, FAILED)."""
+        """One provider call: write its answers, return the look-ups to pass on (MISS, FAILED).
+
+        A provider that breaks its never-raise promise is confined: its batch comes back
+        FAILED, the next provider is asked and the pass goes on.
+        """
         # Before the call: if the file is replaced in between, the rows say the older build
         # and are re-checked once more, rather than claiming a build that did not answer.
         tag = source_tag(provider)
-        lookups = await provider.resolve(batch)
+        try:
+            lookups = await provider.resolve(batch)
+        except Exception as error:  # noqa: BLE001 - cancellation (BaseException) still propagates
+            reason = f"{provider.name} raised {type(error).__name__}: {error}"[:300]
+            log.error("provider_error", provider=provider.name, reason=reason, addresses=len(batch))
+            lookups = [Lookup(a, Outcome.FAILED, reason=reason, source=provider.name)
+                       for a in batch]
         updates: list[Update] = []
         passed_on: list[Lookup] = []
         for lookup in lookups:

@@ -97,3 +97,45 @@ def write_mmdb(
             writer.to_db_file(str(partial))
     os.replace(partial, path)
     return path
+
+
+def _skip_value(data: bytes, at: int) -> int:
+    """Where the MaxMind DB value encoded at `at` ends (scalars only: all metadata needs here)."""
+    control = data[at]
+    kind, size = control >> 5, control & 0x1F
+    at += 1
+    if kind == 0:  # extended type: the real type follows in the next byte
+        at += 1
+    if size >= 29:  # longer sizes carry 1-3 more bytes (the spec's 29/30/31 forms)
+        extra = size - 28
+        size = {29: 29, 30: 285, 31: 65_821}[size] + int.from_bytes(data[at:at + extra], "big")
+        at += extra
+    return at + size
+
+
+def with_build_epoch(path: Path, epoch: int) -> Path:
+    """Rewrite the metadata's build_epoch (a uint64) in place: `epoch` may be anything 64-bit."""
+    data = path.read_bytes()
+    marker = data.rindex(b"\xab\xcd\xefMaxMind.com")
+    key = data.index(b"build_epoch", marker) + len(b"build_epoch")
+    end = _skip_value(data, key)
+    # 0x08, 0x02: extended type (uint64 is type 9 = 7 + 2) of 8 bytes, then the value.
+    value = b"\x08\x02" + epoch.to_bytes(8, "big")
+    path.write_bytes(data[:key] + value + data[end:])
+    return path
+
+
+def corrupt_text(path: Path, text: str) -> Path:
+    """Break the one UTF-8 string `text` in the data section: its type byte becomes invalid.
+
+    The control byte of a short string is 0b010 (utf8) + its length; it is rewritten as an
+    extended type (0b000 + length), so the first character is read as the type number, which
+    no valid type has. Everything else keeps its offset: only records using `text` break.
+    """
+    data = path.read_bytes()
+    encoded = text.encode()
+    assert len(encoded) < 29, "a short string keeps a one-byte control"
+    needle = bytes([0x40 | len(encoded)]) + encoded
+    assert data.count(needle) == 1, "the text must appear exactly once"
+    path.write_bytes(data.replace(needle, bytes([len(encoded)]) + encoded))
+    return path

@@ -254,7 +254,7 @@ def _config(tmp_path: Path, mmdb: str, providers: str = '["mmdb", "rir"]') -> Pa
         ('["mmdb"]', 'path = "x.mmdb"', lambda p: p.write_bytes(b"junk"),
          "[mmdb] path: cannot open {dir}/x.mmdb: not a MaxMind DB file"),
         ('["mmdb"]', 'path = "x.mmdb"', lambda p: p.mkdir(),
-         "[mmdb] path: cannot open {dir}/x.mmdb: not a MaxMind DB file"),
+         "[mmdb] path: cannot open {dir}/x.mmdb: Is a directory"),
         ('["mmdb"]', 'path = "good.mmdb"\nasn_path = "x.mmdb"', None,
          "[mmdb] asn_path: cannot open {dir}/x.mmdb: No such file or directory"),
     ],

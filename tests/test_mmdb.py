@@ -246,7 +246,7 @@ async def test_forced_refresh_reopens_an_unchanged_file(tmp_path: Path, logs: Lo
         (lambda p: p.write_bytes(b""), "not a MaxMind DB file"),
         (lambda p: p.write_bytes(b"\xab\xcd\xefMaxMind.com" + b"\x00" * 40),
          "not a MaxMind DB file"),
-        (lambda p: p.mkdir(), "not a MaxMind DB file"),
+        (lambda p: p.mkdir(), "Is a directory"),
     ],
     ids=["missing", "empty", "truncated", "directory"],
 )
@@ -275,6 +275,7 @@ def test_permission_denied_is_reported_as_such(tmp_path: Path,
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr("geod.mmdb.maxminddb.open_database", deny)
+    (tmp_path / "c.mmdb").write_bytes(b"x")  # there, so the library's open is what fails
     with pytest.raises(MmdbOpenError) as caught:
         WatchedReader(str(tmp_path / "c.mmdb"))
     assert str(caught.value) == f"cannot open {tmp_path / 'c.mmdb'}: Permission denied"
