@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -24,6 +24,7 @@ from geod.config import Config, config_path, load_config
 from geod.daemon import Daemon
 from geod.demo import DEFAULT_DIR, run_demo
 from geod.errors import EXIT_FAILURE, EXIT_OK, GeodError, exit_code_for
+from geod.escape import escape
 from geod.install import install_files
 from geod.store import Store, open_store
 
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return EXIT_OK
     except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
-        _say(f"unexpected error: {type(error).__name__}: {error}")
+        _complain(f"unexpected error: {type(error).__name__}: {error}")
         return EXIT_FAILURE
 
 
@@ -115,9 +116,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         notes = asyncio.run(check_config(config, who_to_check(args.user)))
         if not args.quiet:
-            print(json.dumps(config.redacted(), indent=2))
+            logs.write_line(sys.stdout, logs.json_text(config.redacted(), indent=2))
             for note in notes:
-                print(f"geod: note: {note}", file=sys.stderr)
+                _say(f"geod: note: {note}", sys.stderr)
         return EXIT_OK
     if args.command == "status":
         return asyncio.run(_status(config, as_json=args.json))
@@ -143,29 +144,30 @@ async def _run(config: Config) -> int:
 async def _once(config: Config) -> int:
     summary = await Daemon(config).run_once()
     if summary is not None:
-        print(summary.line())
+        _say(summary.line())
     return EXIT_OK
 
 
 async def _dry_run(config: Config, *, as_json: bool, ask_ipapi: bool) -> int:
     summary, planned = await preview.dry_run(config, ask_ipapi=ask_ipapi)
     if as_json:
-        print(json.dumps({"summary": asdict(summary),
-                          "would_write": [plan.as_json() for plan in planned]}))
+        logs.write_line(sys.stdout, logs.json_text(
+            {"summary": asdict(summary), "would_write": [plan.as_json() for plan in planned]}))
         return EXIT_OK
+    # Rows hold the app's stored values: escaped, like everything shown to a person.
     for line in preview.render_planned(planned):
-        print(line)
-    print(f"dry run: nothing written; {summary.line()}")
+        _say(line)
+    _say(f"dry run: nothing written; {summary.line()}")
     return EXIT_OK
 
 
 async def _explain(config: Config, address: str, *, as_json: bool, ask_ipapi: bool) -> int:
     result = await preview.explain(config, address, ask_ipapi=ask_ipapi)
     if as_json:
-        print(json.dumps(result.as_json()))
+        logs.write_line(sys.stdout, logs.json_text(result.as_json()))
         return EXIT_OK
     for line in preview.render_explanation(result):
-        print(line)
+        _say(line)
     return EXIT_OK
 
 
@@ -179,16 +181,18 @@ async def _status(config: Config, *, as_json: bool) -> int:
     finally:
         await store.close()
     if as_json:
-        print(json.dumps({"rows": report.rows, "unresolved": report.due,
-                          "unresolvable": unresolvable, "top_countries": report.top_countries}))
+        logs.write_line(sys.stdout, logs.json_text(
+            {"rows": report.rows, "unresolved": report.due, "unresolvable": unresolvable,
+             "top_countries": report.top_countries}))
         return EXIT_OK
+    # The country codes are the app's stored values: escaped, like everything shown to a person.
     where = config.database.url or config.database.path  # the url never holds a password
-    print(f"database      {where} (table {config.database.table})")
-    print(f"rows          {report.rows}")
-    print(f"unresolved    {report.due}")
-    print(f"unresolvable  {unresolvable}  (NULL, private, reserved or invalid: never sent)")
+    _say(f"database      {where} (table {config.database.table})")
+    _say(f"rows          {report.rows}")
+    _say(f"unresolved    {report.due}")
+    _say(f"unresolvable  {unresolvable}  (NULL, private, reserved or invalid: never sent)")
     top = ", ".join(f"{code} {n}" for code, n in report.top_countries) or "none yet"
-    print(f"top countries {top}")
+    _say(f"top countries {top}")
     return EXIT_OK
 
 
@@ -200,13 +204,18 @@ async def _count_unresolvable(store: Store) -> int:
     return count
 
 
+def _say(text: str, stream: TextIO | None = None) -> None:
+    """One line for a person: escaped, and quiet if the reader has gone."""
+    logs.write_line(stream or sys.stdout, escape(text))
+
+
 def _fail(error: BaseException) -> int:
-    # Under systemd stderr is the journal: <3> files the reason at err, so that
-    # `journalctl -u geod -p err` shows why geod stopped, not only systemd's "exit-code".
-    _say(str(error))
+    _complain(str(error))
     return exit_code_for(error)
 
 
-def _say(reason: str) -> None:
+def _complain(reason: str) -> None:
+    """Why geod stopped, on stderr. Under systemd stderr is the journal: <3> files the reason at
+    err, so that `journalctl -u geod -p err` shows why geod stopped, not only "exit-code"."""
     prefix = "<3>" if logs.is_journal(sys.stderr) else ""
-    print(f"{prefix}geod: {reason}", file=sys.stderr)
+    logs.write_line(sys.stderr, prefix + escape(f"geod: {reason}"))
