@@ -87,6 +87,7 @@ class Daemon:
         self._resources: Resources | None = None
         # Fixed for the life of the process (a reload does not move it).
         path = state_path(config.daemon.state_file, environ)
+        self._state_loaded = False
         self.state = (StateFile(path, self.governor, self.negcache, self._clock, wall_clock,
                                 upkeep_negcache=self.upkeep_negcache)
                       if path is not None else None)
@@ -118,6 +119,9 @@ class Daemon:
     async def run(self) -> None:
         """`geod run`: start, loop until stopped, stop. Returns normally on SIGTERM/SIGINT."""
         await self.startup()
+        if self.stop_requested.is_set():  # stopped while start-up waited for the database
+            await self.shutdown()
+            return
         self._enter(Phase.READY)
         if self.state is None:  # (`geod once` by hand is expected to run without one)
             log.warning("state_not_kept", reason="no [daemon] state_file and no $STATE_DIRECTORY",
@@ -138,51 +142,57 @@ class Daemon:
         """`geod once`: the same pass as `run`, exactly once. None if stopped before it ended."""
         await self.startup()
         try:
-            return await self.run_pass()
+            return None if self.stop_requested.is_set() else await self.run_pass()
         finally:
             await self.shutdown()
 
     async def startup(self) -> None:
-        """Check the database can be opened (fail fast), then set up HTTP and signals.
+        """Set up signals, check the database can be opened (fail fast), then set up HTTP.
+
+        The handlers come first: opening can wait up to busy_timeout for the app's lock, and a
+        SIGHUP meanwhile must not kill geod (it is remembered: one pass after start), nor a
+        SIGTERM exit 143 (start-up ends early and `run` returns, exit 0).
 
         Raises:
             ConfigError / StoreError: the database or table is not usable.
             PermissionProblem: geod's user may not write the database, its directory or the
                 -wal/-shm/-journal files beside it.
         """
-        if not self.config.database.url:  # the file-system checks are SQLite's
-            await startup_checks(self.config.database)  # PermissionProblem: exit 77, named fix
-        store = await open_store(self.config)
-        await store.close()
-        if not self.config.database.url and not await asyncio.to_thread(
-                probe_write, self.config.database.path):
-            # The app is writing: the database is writable, if not yet proven so for geod.
-            log.warning("write_check_skipped", reason="the database is locked by another writer")
-        if self.state is not None:
-            self.state.load()
-        self._session = make_session(source_address=self.config.ipapi.source_address)
-        self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
-                                    self.status.api_responses)
-        try:
-            self.chain = Chain.open(self.config, self._resources)  # ConfigError: bad file
-        except BaseException:
-            await self._session.close()
-            raise
         if self._handle_signals:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        try:
+            if not self.config.database.url:  # the file-system checks are SQLite's
+                await startup_checks(self.config.database)  # PermissionProblem: exit 77, fix
+            if not await self._check_database():
+                return  # stopped meanwhile
+            if not self.config.database.url and not await asyncio.to_thread(
+                    probe_write, self.config.database.path):
+                # The app is writing: the database is writable, if not yet proven so for geod.
+                log.warning("write_check_skipped",
+                            reason="the database is locked by another writer")
+            if self.state is not None:
+                self.state.load()
+                self._state_loaded = True
+            self._session = make_session(source_address=self.config.ipapi.source_address)
+            self._resources = Resources(self._session, self.governor, self._clock, self._sleep,
+                                        self.status.api_responses)
+            self.chain = Chain.open(self.config, self._resources)  # ConfigError: bad file
+        except BaseException:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
+            self._remove_signal_handlers()
+            raise
 
     async def shutdown(self) -> None:
         self._enter(Phase.STOPPING)
         self._save_state()
         if self.chain is not None:
             self.chain.close()
-        if self._handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        self._remove_signal_handlers()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -253,8 +263,36 @@ class Daemon:
     # -- helpers ----------------------------------------------------------------------------
 
     def _save_state(self) -> None:
-        if self.state is not None:
+        # Never before it was loaded: a stop during start-up must not overwrite the file.
+        if self.state is not None and self._state_loaded:
             self.state.save()
+
+    def _remove_signal_handlers(self) -> None:
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _check_database(self) -> bool:
+        """Open and close the store once; False if a stop came first.
+
+        The store waits for the app's lock in short slices, so cancelling the open ends it
+        within one slice: a stop during start-up does not wait out busy_timeout.
+        """
+        opening = asyncio.ensure_future(open_store(self.config))
+        stopping = asyncio.ensure_future(self.stop_requested.wait())
+        try:
+            await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not opening.done():
+                opening.cancel()
+                await asyncio.wait([opening])
+        if opening.cancelled():
+            return False
+        store = opening.result()  # StoreError / ConfigError raise from here
+        await store.close()
+        return not self.stop_requested.is_set()
 
     def _reload(self) -> None:
         """Re-read the config (keep the old one if the new is bad); always clear the cache."""

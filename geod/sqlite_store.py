@@ -71,6 +71,8 @@ class SqliteStore:
         """Connect, create or verify the table, and return a ready store.
 
         `readonly` (`geod status`) opens with SQLite's mode=ro: nothing is created or changed.
+        SQLite's busy wait cannot be interrupted, so one long wait would hold a stop hostage for
+        up to busy_timeout: each attempt waits one slice, and a cancellation lands between them.
 
         Raises:
             ConfigError: the table or a mapped column is missing and `create` is off.
@@ -85,6 +87,22 @@ class SqliteStore:
         elif config.create:  # a new database is private (0600) whatever the umask
             await asyncio.to_thread(create_database, config.path)
         mode = "ro" if readonly else "rw"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + config.busy_timeout
+        sliced = replace(config, busy_timeout=min(config.busy_timeout, LOCK_SLICE_MS / 1000))
+        while True:
+            try:
+                store = await cls._open_once(sliced, source, mode)
+            except StoreBusy:
+                if loop.time() >= give_up:
+                    raise
+                continue  # the attempt itself waited a slice inside SQLite
+            full = cls(store._conn, config, store._cursor_column)
+            await full._conn.execute(full._busy_pragma)
+            return full
+
+    @classmethod
+    async def _open_once(cls, config: DatabaseConfig, source: str, mode: str) -> SqliteStore:
         uri = f"{PurePath(config.path).as_uri()}?mode={mode}"  # config made the path absolute
         try:
             # Probe with plain sqlite3 first: when aiosqlite.connect itself fails (0.22), its
