@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from geod.cli import main
 from geod.config import load_config
 from geod.errors import ConfigError
+from geod.escape import is_safe
 from tests.proc import run_geod
 
 # Every string setting, as (table, key): the property tests put hostile text in each of them.
@@ -195,3 +197,27 @@ def test_the_key_is_never_echoed_whatever_its_type(tmp_path: Path, value: object
             assert part not in shown
         if isinstance(value, str):
             assert value not in shown and repr(value) not in shown
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[FIXTURE])
+@given(where=st.sampled_from(STRING_KEYS), value=_hostile_text, bom=st.booleans())
+def test_check_config_exits_0_or_78_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: tuple[str, str], value: str,
+    bom: bool,
+) -> None:
+    """Through the CLI: exit 0, or exit 78 with exactly one escaped line on stderr; never a
+    traceback, never the key's value."""
+    table, key = where
+    body = f'[resolve]\nproviders = ["rir"]\n[{table}]\n{key} = {toml_string(value)}\n'
+    path = write(tmp_path, (b"\xef\xbb\xbf" if bom else b"") + body.encode())
+    capsys.readouterr()
+    code = main(["--config", str(path), "check-config"])
+    out, err = capsys.readouterr()
+    assert code in (0, 78)
+    if code == 0:
+        assert err == ""
+        return
+    assert err.count("\n") == 1 and err.startswith(f"geod: {path}: ")
+    assert is_safe(err[:-1])  # no control, line-separator or bidi character reaches stderr
+    if key == "key" and len(value) >= 4:
+        assert value not in err
