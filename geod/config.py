@@ -236,6 +236,8 @@ def load_config(
         raise ConfigError(file, "", "cannot read config: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(file, "", f"invalid TOML: {error}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(file, "", "invalid TOML: nested too deeply") from None
     config = build(Config, raw, "", file)
     _check_relations(config, file)
     config = _read_password_file(config, Path(path), environ)

@@ -51,7 +51,7 @@ class _Signature:
 def _signature(path: str) -> _Signature | None:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the path (config refuses those)
         return None
     return _Signature(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 

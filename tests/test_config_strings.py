@@ -221,3 +221,13 @@ def test_check_config_exits_0_or_78_with_one_line(
     assert is_safe(err[:-1])  # no control, line-separator or bidi character reaches stderr
     if key == "key" and len(value) >= 4:
         assert value not in err
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000, "{b=" * 5000 + "1" + "}" * 5000])
+def test_deeply_nested_toml_is_a_config_error(tmp_path: Path, nested: str) -> None:
+    """tomllib's RecursionError was an "unexpected error" (exit 1), and on reload it killed the
+    daemon: it is invalid TOML like any other."""
+    path = write(tmp_path, f"a = {nested}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: invalid TOML: nested too deeply"
