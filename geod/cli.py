@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error)
     except KeyboardInterrupt:  # a second Ctrl-C before the handlers were installed
         return EXIT_OK
+    except BrokenPipeError:  # `geod demo | head`: the reader has what it wanted; not a failure
+        logs.silence(sys.stdout)
+        return EXIT_OK
     except Exception as error:  # noqa: BLE001 - one line for the user, never a traceback
         _complain(f"unexpected error: {type(error).__name__}: {error}")
         return EXIT_FAILURE

@@ -157,3 +157,18 @@ def test_once_with_a_vanished_stdout_reader_writes_and_exits_0(
         if proc.stderr is not None:
             proc.stderr.close()
     assert {row["country_code"] for row in read_rows(db).values()} == {"US", "AU"}
+
+
+def test_demo_into_a_closed_pipe_exits_0_quietly(tmp_path: Path) -> None:
+    """`geod demo | head -1`: output the reader no longer wants is not an error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "geod", "demo", "--dir", str(tmp_path / "demo")], cwd=REPO,
+            env=_base_env(None), stdin=subprocess.DEVNULL, stdout=write_end,
+            stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
