@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,6 +153,32 @@ async def test_invalid_reload_keeps_old_config_and_still_passes(
     assert failed["log_level"] == "error" and "[daemon] interval" in failed["reason"]
     assert daemon.config is config
     assert daemon.passes == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["key = 918273645546372819", 'key_file = "{fifo}"', "batch_size = " + "[" * 50_000],
+    ids=["secret-number", "fifo-key-file", "deep-nesting"],
+)
+async def test_hostile_reload_is_logged_without_secrets_and_the_daemon_goes_on(
+        make_db: MakeDb, make_config: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs, tmp_path: Path, bad: str) -> None:
+    """A reloaded config with a numeric key, a FIFO as key_file or absurd nesting logs
+    config_reload_failed (the key's value not in it) and the old config stays in use."""
+    make_db([("8.8.8.8", None)])
+    config = make_config()
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+
+    def before_reload(daemon: Daemon) -> None:
+        text = Path(config.source).read_text()
+        Path(config.source).write_text(text + bad.replace("{fifo}", str(fifo)) + "\n")
+
+    daemon = await reload_after_first_pass(config, fake_clock, before_reload)
+    [failed] = events(logs, "config_reload_failed")
+    assert "[ipapi]" in failed["reason"] or "invalid TOML" in failed["reason"]
+    assert "918273645546372819" not in failed["reason"]
+    assert daemon.config is config and daemon.passes == 2
 
 
 async def test_stop_during_rate_limit_wait_keeps_results(
