@@ -200,7 +200,7 @@ async def _status(config: Config, *, as_json: bool) -> int:
 
 
 async def _count_unresolvable(store: Store) -> int:
-    """Due rows geod will never send (private, reserved, invalid), read in chunks like a pass."""
+    """Due rows geod will never send (NULL, private, reserved, invalid), read like a pass."""
     count = 0
     async for chunk in store.due_chunks():
         count += sum(1 for row in chunk if sendable(row.key) is None)

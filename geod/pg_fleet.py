@@ -18,7 +18,7 @@ import structlog
 from geod.config import Config, NegativeCacheConfig
 from geod.pg_lease import Fleet
 from geod.pg_store import PgStore
-from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline
+from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline, Written
 
 log = structlog.get_logger("geod.fleet")
 
@@ -67,7 +67,7 @@ class FleetStore:
 
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
-    ) -> int:
+    ) -> Written:
         # NULL-guarded as ever: a row whose lease was taken over while we stalled is written
         # once, by whichever instance gets there first.
         return await self.store.write(updates, resolved_at, deadline)

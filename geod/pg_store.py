@@ -19,7 +19,16 @@ from psycopg import sql
 
 from geod.config import DatabaseConfig
 from geod.errors import ConfigError, StoreBusy, StoreError
-from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline
+from geod.records import (
+    DueCount,
+    Outcome,
+    Refusal,
+    Row,
+    StoreReport,
+    Update,
+    WriteDeadline,
+    Written,
+)
 from geod.sqlite_store import KEPT, READ_CHUNK
 
 STATEMENT_TIMEOUT_MS = 60_000  # a chunk read or batch write takes milliseconds; this is a backstop
@@ -172,39 +181,57 @@ class PgStore:
 
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
-    ) -> int:
-        """Write one batch as one statement (one short transaction); returns the rows changed.
+    ) -> Written:
+        """Write one batch as one statement (one short transaction); returns what was written.
 
         A row lock is never waited for (SKIP LOCKED); a table lock (the app's DDL, LOCK TABLE)
         is waited for up to busy_timeout (the session's lock_timeout), or until `deadline.at`
-        if that comes first: then the statement is cancelled server-side.
+        if that comes first: then the statement is cancelled server-side. A batch the app's
+        schema refuses (a constraint, a type, a trigger's RAISE) is written again row by row,
+        each its own statement (autocommit: its own transaction), and the refused rows reported.
 
         Raises:
             PgBusy: a lock or statement deadline passed; nothing was written.
             StoreError: any other failure; nothing was written.
         """
         if not updates:
-            return 0
+            return Written(0)
+        deadline = deadline or WriteDeadline()
+        try:
+            return Written(await self._write_batch(updates, resolved_at, deadline))
+        except psycopg.Error as error:
+            if not _is_refusal(error):
+                raise _store_error("writing", error) from None
+        changed = 0
+        refused: list[Refusal] = []
+        for update in updates:
+            try:
+                changed += await self._write_batch([update], resolved_at, deadline)
+            except psycopg.Error as error:
+                if not _is_refusal(error):
+                    raise _store_error("writing", error) from None
+                refused.append(Refusal(update.key, _first_line(error)))
+        return Written(changed, tuple(refused))
+
+    async def _write_batch(
+        self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline
+    ) -> int:
+        """One UPDATE statement for `updates`; the rows changed. Raises: psycopg.Error."""
         params = [[update.key for update in updates]] + [
             [_field(update, name, resolved_at) for update in updates]
             for name in self._config.columns.written()
         ]
-        deadline = deadline or WriteDeadline()
         loop = asyncio.get_running_loop()
         statement = asyncio.ensure_future(self._conn.execute(self._write_sql, params))
-        try:
-            # A slice, not one wait: the pass may move the deadline up (a stop) meanwhile.
-            while not statement.done():
-                left = deadline.at - loop.time()
-                if left <= 0:
-                    await self._conn.cancel_safe()  # QueryCanceled -> PgBusy below
-                    await asyncio.wait([statement])
-                    break
-                await asyncio.wait([statement], timeout=min(left, DEADLINE_SLICE_S))
-            cur = statement.result()
-        except psycopg.Error as error:
-            raise _store_error("writing", error) from None
-        return max(cur.rowcount, 0)
+        # A slice, not one wait: the pass may move the deadline up (a stop) meanwhile.
+        while not statement.done():
+            left = deadline.at - loop.time()
+            if left <= 0:
+                await self._conn.cancel_safe()  # QueryCanceled -> PgBusy in the caller
+                await asyncio.wait([statement])
+                break
+            await asyncio.wait([statement], timeout=min(left, DEADLINE_SLICE_S))
+        return max(statement.result().rowcount, 0)
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
         """Nothing to share: this process's negative cache is the only attempt log."""
@@ -233,6 +260,14 @@ class PgStore:
         except psycopg.Error as error:
             raise _store_error("reading", error) from None
         return int(row[0]) if row else 0
+
+
+def _is_refusal(error: psycopg.Error) -> bool:
+    """Did the app's schema refuse this row: a constraint (23xxx), a value its column type
+    cannot take (22xxx), or a trigger's RAISE EXCEPTION (P0001)? Anything else is about every
+    row (a lock, the connection, permissions) and fails the write whole."""
+    return isinstance(error, psycopg.errors.IntegrityError | psycopg.errors.DataError
+                      | psycopg.errors.RaiseException)
 
 
 def _write_sql(config: DatabaseConfig, types: dict[str, str]) -> sql.Composed:

@@ -30,6 +30,7 @@ from geod.records import (
     Update,
     UpkeepQuery,
     WriteDeadline,
+    Written,
 )
 from geod.resolve import Pass, utc_now
 from geod.sqlite_store import KEPT, SqliteStore
@@ -73,7 +74,7 @@ class DryRunStore(SqliteStore):
         return store
 
     async def write(self, updates: Sequence[Update], resolved_at: str,
-                    deadline: WriteDeadline | None = None) -> int:
+                    deadline: WriteDeadline | None = None) -> Written:
         for update in updates:
             stored = await self.read_row(update.key) or {}
             new = {"country_code": update.geo.country_code, "updated_at": resolved_at,
@@ -82,7 +83,7 @@ class DryRunStore(SqliteStore):
                 if stored.get(name) is None:
                     new[name] = getattr(update.geo, name)
             self._plan(update.key, "resolved", stored, new)
-        return len(updates)
+        return Written(len(updates))
 
     async def write_changes(self, changes: Sequence[Change],
                             deadline: WriteDeadline | None = None) -> dict[str, int]:

@@ -42,7 +42,10 @@ class Lookup:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One due row: the key as stored (writes are keyed on it) and where the next chunk starts."""
+    """One due row: the key as stored (writes are keyed on it) and where the next chunk starts.
+
+    Rows whose key is NULL are never handed out: `DueCount.keyless` counts them instead.
+    """
 
     key: str
     cursor: Any  # store-specific position (SQLite: rowid, or the key of a WITHOUT ROWID table)
@@ -106,6 +109,22 @@ class UpkeepQuery:
         return bool(self.fill or self.geod_before or self.app_before or self.mmdb_stamp)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A row the app's schema would not take (a trigger, a CHECK, UNIQUE, a STRICT type)."""
+
+    key: str
+    reason: str  # the database's message, naming the constraint
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one `Store.write` did: rows changed, and rows the schema refused (not written)."""
+
+    changed: int
+    refused: tuple[Refusal, ...] = ()
+
+
 @dataclass(slots=True)
 class WriteDeadline:
     """When a write gives up waiting for the app's lock, in event-loop time.
@@ -132,10 +151,11 @@ class PassSummary:
     retried: int = 0  # rows whose address was asked this pass
     resolved: int = 0  # rows written with a country
     failed: int = 0  # rows whose look-up failed (backing off now)
-    unresolvable: int = 0  # rows that can never be resolved (private, invalid, ...)
+    unresolvable: int = 0  # rows that can never be resolved (private, invalid, NULL, ...)
     backed_off: int = 0  # rows skipped because their address is still backing off
     locked: int = 0  # rows resolved but not written: database busy; retried next pass
     missed: int = 0  # rows no provider had data for, none failing (backing off now)
+    refused: int = 0  # rows resolved but refused by the app's schema (backing off now)
     resolved_by: dict[str, int] = field(default_factory=dict)  # provider name -> rows written
     # Upkeep of rows that have a country (after the NULL rows; `upkeep`):
     filled: int = 0  # rows whose NULL name/asn/org got a value
@@ -150,8 +170,8 @@ class PassSummary:
             f"unresolved={self.unresolved} retried={self.retried} resolved={self.resolved} "
             f"failed={self.failed} unresolvable={self.unresolvable} "
             f"backed_off={self.backed_off} locked={self.locked} missed={self.missed} "
-            f"filled={self.filled} confirmed={self.confirmed} changed={self.changed} "
-            f"superseded={self.superseded} duration_s={self.duration_s}"
+            f"refused={self.refused} filled={self.filled} confirmed={self.confirmed} "
+            f"changed={self.changed} superseded={self.superseded} duration_s={self.duration_s}"
             + (f" resolved_by={by}" if (by := _pairs(self.resolved_by)) else "")
         )
 

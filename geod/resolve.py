@@ -1,7 +1,8 @@
 """One resolution pass: read the due rows, ask the providers in order, write what came back.
 
 No scheduling, no signals: `Daemon` decides when a pass runs and cancels it on stop. Counts are
-per row (two rows that normalise to one address are sent once and both counted and written).
+per row (two rows that normalise to one address are sent once and both counted and written, even
+when they come in different chunks: the pass remembers what it resolved).
 Each chunk of rows goes through the chain: a provider gets only what the ones before it could not
 answer, and only what every provider missed or failed on backs off in the negative cache. The
 pass knows the `Store` and `Provider` seams only, never a concrete database or service.
@@ -21,7 +22,7 @@ from geod.addresses import sendable
 from geod.backlog import Backlog, parse_stamp
 from geod.negcache import NegativeCache
 from geod.provider import Provider, source_tag
-from geod.records import Lookup, Outcome, PassSummary, Row, Update, WriteDeadline
+from geod.records import Geo, Lookup, Outcome, PassSummary, Row, Update, WriteDeadline, Written
 from geod.store import STOP_GRACE, Store, StoreBusy
 from geod.upkeep import Upkeep
 
@@ -44,8 +45,8 @@ def plan_chunk(rows: Sequence[Row], negcache: NegativeCache) -> ChunkPlan:
     """Group rows by normal address; drop the unsendable and the backing-off."""
     plan = ChunkPlan()
     for row in rows:
-        address = sendable(row.key)
-        if address is None:
+        address = None if row.key is None else sendable(row.key)
+        if address is None or row.key is None:  # a NULL address is as unsendable as a bad one
             plan.unresolvable += 1
         elif negcache.blocked(address):
             plan.backed_off += 1
@@ -70,6 +71,7 @@ class Tally:
     backed_off: int = 0
     locked: int = 0
     missed: int = 0
+    refused: int = 0
     resolved_by: dict[str, int] = field(default_factory=dict)
     filled: int = 0
     confirmed: int = 0
@@ -109,24 +111,29 @@ class Pass:
         self._now_utc = now_utc
         self._progress = progress
         self._started: float | None = None  # when the pass had counted its rows
-        self._keyless = 0  # due rows with a NULL key: never looked up
         self._stamps: dict[str, float] = {}  # key -> timestamp of the chunk's unsettled rows
         self._oldest_left: float | None = None  # oldest row the pass settled but could not write
         self.upkeep = upkeep
+        # Address -> answer for every address resolved this pass: the same address
+        # spelled another way in a later chunk is written from here, not asked again.
+        self._answers: dict[str, tuple[Geo, str, str]] = {}  # ... (answer, provider, tag)
 
     async def run(self) -> PassSummary:
         """Run the pass. Cancellation (a stop) keeps every batch already written."""
         started = self._clock()
         self.negcache.prune()
         counts = await self.store.due_counts()
-        due, self._keyless, self._started = counts.rows, counts.keyless, started
+        due, self._started = counts.rows, started
         if due == 0:
             log.info("geo_re_resolve_skip", reason="no_unresolved_ips")
             await self._keep_up()
             return self.tally.freeze(duration_s=round(self._clock() - started, 3))
         log.info("geo_re_resolve_start", unresolved=due,
                  providers=[provider.name for provider in self.chain])
-        self.tally = Tally(unresolved=due, resolved_by={p.name: 0 for p in self.chain})
+        # NULL-key rows are never handed out: unresolvable from the start, so the summary's
+        # categories add up to `unresolved`, as in `geod status` and the metrics.
+        self.tally = Tally(unresolved=due, unresolvable=counts.keyless, done=counts.keyless,
+                           resolved_by={p.name: 0 for p in self.chain})
         self._report(())
         async for rows in self.store.due_chunks():
             await self._chunk(rows)
@@ -148,9 +155,9 @@ class Pass:
         if self._oldest_left is not None:
             oldest = self._oldest_left if oldest is None else min(oldest, self._oldest_left)
         return Backlog(
-            pending=max(tally.unresolved - self._keyless - tally.done, 0) + tally.locked,
+            pending=max(tally.unresolved - tally.done, 0) + tally.locked,
             backing_off=tally.backed_off + tally.failed + tally.missed,
-            never=self._keyless + tally.unresolvable,
+            never=tally.unresolvable,  # NULL keys included
             oldest_pending=oldest,
             rate=tally.asked / elapsed if tally.asked and elapsed > 0 else None,
         )
@@ -197,6 +204,7 @@ class Pass:
         tally.done += plan.unresolvable + plan.backed_off
         tally.retried += sum(len(keys) for keys in plan.to_send.values())
         keys_by_address = self._keys_by_address = plan.to_send
+        await self._write_known(keys_by_address)
         pending = list(keys_by_address)
         failed: set[str] = set()  # addresses some provider failed on, as opposed to only missed
         for index, provider in enumerate(self.chain):
@@ -242,6 +250,7 @@ class Pass:
                 continue  # not asked: a provider bug, never written
             if lookup.outcome is Outcome.RESOLVED and lookup.geo is not None:
                 self._settle(lookup.address, Outcome.RESOLVED, len(keys))
+                self._answers[lookup.address] = (lookup.geo, provider.name, tag)
                 updates.extend(Update(key, lookup.geo, tag) for key in keys)
             elif lookup.outcome is Outcome.UNRESOLVABLE:  # ends the chain: asking others is moot
                 self._settle(lookup.address, Outcome.UNRESOLVABLE, len(keys))
@@ -257,6 +266,20 @@ class Pass:
             self._stamps.pop(key, None)
         self._report(lookups)
         return passed_on
+
+    async def _write_known(self, keys_by_address: dict[str, list[str]]) -> None:
+        """Write the rows whose address this pass already resolved; they are asked no more."""
+        known = [address for address in keys_by_address if address in self._answers]
+        by_provider: dict[str, list[Update]] = {}
+        for address in known:
+            geo, name, tag = self._answers[address]
+            keys = keys_by_address.pop(address)
+            by_provider.setdefault(name, []).extend(Update(key, geo, tag) for key in keys)
+            self.tally.done += len(keys)
+        for name, updates in by_provider.items():
+            await self._write(updates, name)
+            for update in updates:
+                self._stamps.pop(update.key, None)
 
     def _settle(self, address: str, outcome: Outcome, rows: int) -> None:
         """The negative-cache rule, in one place, for an address whose chain has ended.
@@ -302,9 +325,20 @@ class Pass:
         else:
             self._count_written(source, written)
 
-    def _count_written(self, source: str, rows: int) -> None:
-        self.tally.resolved += rows
-        self.tally.resolved_by[source] = self.tally.resolved_by.get(source, 0) + rows
+    def _count_written(self, source: str, written: Written) -> None:
+        self.tally.resolved += written.changed
+        self.tally.resolved_by[source] = self.tally.resolved_by.get(source, 0) + written.changed
+        if not written.refused:
+            return
+        # A row the app's schema will not take stays due: back its address off (the schema will
+        # not change its mind soon), so later passes do not ask about it again and again.
+        self.tally.refused += len(written.refused)
+        for refusal in written.refused:
+            address = sendable(refusal.key) or refusal.key
+            self.negcache.record_permanent(address)
+            self._answers.pop(address, None)
+            log.warning("row_refused", address=refusal.key, source=source,
+                        reason=refusal.reason[:300], action="backed_off")
 
     def _report(self, lookups: Sequence[Lookup]) -> None:
         if self._progress is not None:

@@ -3,66 +3,73 @@
 Opened once per pass (a replaced or deleted file is noticed, a new path takes effect), never
 changes the app's settings (journal mode etc.), never holds a lock across an HTTP call: reads are
 bounded chunks that finish before the caller goes to the network, and each batch of results is
-one short write transaction. SQLite's lock slicing, probe and schema checks stay in here; callers
-see the `store.Store` Protocol and `StoreBusy`.
+one short write transaction. Every wait for the app's lock, at open, in every read and write, is
+taken in short slices (`sqlite_waits`), so a stop ends it within a slice, and a COMMIT never
+keeps the app's new readers out for long. What geod relies on in the app's schema is verified by
+`sqlite_schema`; a row the schema refuses is confined to that row. Upkeep's SQL is built in
+`sqlite_upkeep`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from geod.config import DatabaseConfig
-from geod.errors import ConfigError, StoreBusy, StoreError
+from geod.errors import StoreError
 from geod.preflight import create_database
 from geod.records import (
     Change,
     DueCount,
     Outcome,
+    Refusal,
     Row,
     Stored,
     StoreReport,
     Update,
     UpkeepQuery,
     WriteDeadline,
+    Written,
 )
+from geod.sqlite_schema import Layout, inspect_table, quote
+from geod.sqlite_upkeep import change_statements, unguarded, upkeep_select, upkeep_where
+from geod.sqlite_waits import Until, connect, is_refusal, read, sliced, store_error, transaction
 
 READ_CHUNK = 1000
 # Fields a write never replaces once they hold a value (COALESCE): what the app wrote survives.
 # The country itself is guarded by the due predicate; the timestamp and source are geod's record
-# of its own write.
+# of its own write (a row whose country geod writes gets geod's source).
 KEPT = ("country_name", "asn", "org")
-LOCK_SLICE_MS = 200  # how long one attempt at the write lock waits inside SQLite
-
-
-def _quote(identifier: str) -> str:
-    # Identifiers were validated against a strict pattern in config; quoting keeps keywords safe.
-    return f'"{identifier}"'
+Item = TypeVar("Item")
+Counts = dict[str, int]  # rows written, per kind ("changed" for a pass's write)
+Guarded = tuple[str, str, tuple[Any, ...]]  # (kind, UPDATE, its parameters): one upkeep row
 
 
 class SqliteStore:
-    """A `Store` over one SQLite table: the NULL-country rows are the due ones."""
+    """A `Store` over one SQLite table (or view): the NULL-country rows are the due ones."""
 
-    def __init__(self, conn: aiosqlite.Connection, config: DatabaseConfig, cursor_column: str):
+    def __init__(self, conn: aiosqlite.Connection, config: DatabaseConfig, layout: Layout):
         self._conn = conn
         self._config = config
-        self._cursor_column = cursor_column
-        self._table = _quote(config.table)
-        self._ip = _quote(config.columns.ip)
-        self._country = _quote(config.columns.country_code)
+        self._layout = layout
+        self._table = quote(config.table)
+        self._ip = quote(config.columns.ip)
+        self._country = quote(config.columns.country_code)
         # The one "due rows" predicate and its bound values: what a pass reads, counts, and
         # guards its writes with. A NULL country is a hole the app left; anything else is the
-        # app's and never touched. (A refresh by age would add `OR <updated_at> < ?` here.)
+        # app's and never touched.
         self._due = f"{self._country} IS NULL"
         self._due_params: tuple[Any, ...] = ()
-        self._busy_pragma = f"PRAGMA busy_timeout = {int(config.busy_timeout * 1000)}"
+        self._update_sql = _update_sql(config, self._due)
 
     @classmethod
     async def open(
@@ -71,11 +78,11 @@ class SqliteStore:
         """Connect, create or verify the table, and return a ready store.
 
         `readonly` (`geod status`) opens with SQLite's mode=ro: nothing is created or changed.
-        SQLite's busy wait cannot be interrupted, so one long wait would hold a stop hostage for
-        up to busy_timeout: each attempt waits one slice, and a cancellation lands between them.
 
         Raises:
-            ConfigError: the table or a mapped column is missing and `create` is off.
+            ConfigError: the table or a mapped column is missing (and `create` is off), or it
+                is something geod cannot write (a generated column, a view with no INSTEAD OF
+                UPDATE trigger).
             PermissionProblem: root would create a database the service could not write.
             StoreBusy: the app held its lock past busy_timeout while the table was checked.
             StoreError: the database cannot be opened or read.
@@ -87,134 +94,91 @@ class SqliteStore:
         elif config.create:  # a new database is private (0600) whatever the umask
             await asyncio.to_thread(create_database, config.path)
         mode = "ro" if readonly else "rw"
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + config.busy_timeout
-        sliced = replace(config, busy_timeout=min(config.busy_timeout, LOCK_SLICE_MS / 1000))
-        while True:
-            try:
-                store = await cls._open_once(sliced, source, mode)
-            except StoreBusy:
-                if loop.time() >= give_up:
-                    raise
-                continue  # the attempt itself waited a slice inside SQLite
-            full = cls(store._conn, config, store._cursor_column)
-            await full._conn.execute(full._busy_pragma)
-            return full
-
-    @classmethod
-    async def _open_once(cls, config: DatabaseConfig, source: str, mode: str) -> SqliteStore:
         uri = f"{PurePath(config.path).as_uri()}?mode={mode}"  # config made the path absolute
         try:
             # Probe with plain sqlite3 first: when aiosqlite.connect itself fails (0.22), its
             # worker thread later calls into the event loop, which prints a traceback if the
             # loop has closed by then (`geod once` / `status` exiting on that very error).
             await asyncio.to_thread(_probe, uri)
-            conn = await aiosqlite.connect(
-                uri, uri=True, timeout=config.busy_timeout, isolation_level=None
-            )
+            conn = await connect(uri)
         except sqlite3.Error as error:
-            raise _store_error(f"opening database {config.path}", error) from None
+            raise store_error(f"opening database {config.path}", error) from None
         try:
-            cursor_column = await _prepare_table(conn, config, source)
+            until = asyncio.get_running_loop().time() + config.busy_timeout
+            layout = await sliced(lambda: inspect_table(conn, config, source),
+                                  f"opening database {config.path}", lambda: until)
         except sqlite3.Error as error:
             await conn.close()
-            raise _store_error(f"opening database {config.path}", error) from None
+            raise store_error(f"opening database {config.path}", error) from None
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, config, cursor_column)
+        return cls(conn, config, layout)
 
     async def close(self) -> None:
         await self._conn.close()
 
     async def count_due(self) -> int:
-        """Rows a pass would read now. Raises: StoreBusy."""
-        sql = f"SELECT COUNT(*) FROM {self._table} WHERE {self._due}"
-        return await self._scalar(sql, self._due_params)
+        """Rows a pass would read now (a NULL address among them). Raises: StoreBusy."""
+        return (await self.due_counts()).rows
 
     async def due_counts(self) -> DueCount:
         """Due rows and how many have a NULL ip, in one COUNT query. Raises: StoreBusy."""
         sql = f"SELECT COUNT(*), COUNT(*) - COUNT({self._ip}) FROM {self._table} WHERE {self._due}"
-        try:
-            async with self._conn.execute(sql, self._due_params) as cur:
-                row = await cur.fetchone()
-        except sqlite3.OperationalError as error:
-            _raise_if_locked("counting due rows", error)
-            raise
-        return DueCount(int(row[0]), int(row[1])) if row else DueCount()
+        rows = await self._read(sql, self._due_params, "counting due rows")
+        return DueCount(int(rows[0][0]), int(rows[0][1])) if rows else DueCount()
 
     async def due_chunks(self, size: int = READ_CHUNK) -> AsyncIterator[list[Row]]:
-        """Yield due rows in bounded chunks, each read finished before it is yielded.
+        """Yield due rows with an address in bounded chunks, each read finished before it is
+        yielded (rows whose address is NULL are counted by `due_counts`, never handed out).
 
-        Keyset pagination (rowid > last) keeps each read short and the whole walk linear, and
-        rows that stay due (failed look-ups) are not read twice in one pass. Each row carries the
-        mapped timestamp column (`Row.stamp`), so the pass can tell how old its backlog is.
-        Raises: StoreBusy.
+        Keyset pagination on a key that exists (the real rowid, or the address column of a view
+        / WITHOUT ROWID table): each read is short, the walk linear, and a row that stays due is
+        not read twice. Each row carries the mapped timestamp column (`Row.stamp`), so the pass
+        can tell how old its backlog is. Raises: StoreBusy.
         """
-        cursor_col = self._cursor_column
+        cursor = self._layout.cursor
         column = self._config.columns.updated_at
-        stamp = _quote(column) if column else "NULL"
-        query = (
-            f"SELECT {self._ip}, {cursor_col}, {stamp} FROM {self._table} "
-            f"WHERE {self._due} AND {cursor_col} > ? ORDER BY {cursor_col} LIMIT ?"
-        )
-        last: Any = -(2**63) if cursor_col == "rowid" else ""
+        stamp = quote(column) if column else "NULL"
+        head = (f"SELECT {self._ip}, {cursor}, {stamp} FROM {self._table} "
+                f"WHERE {self._due} AND {self._ip} IS NOT NULL")
+        tail = f"ORDER BY {cursor} LIMIT ?"
+        last: Any = None
         while True:
-            try:
-                async with self._conn.execute(query, (*self._due_params, last, size)) as cur:
-                    # fetchall ends the statement, so no read lock is kept past this line.
-                    rows = list(await cur.fetchall())
-            except sqlite3.OperationalError as error:
-                _raise_if_locked("reading due rows", error)
-                raise
+            if last is None:  # from the very first, whatever type the key has
+                sql, params = f"{head} {tail}", (*self._due_params, size)
+            else:
+                sql, params = f"{head} AND {cursor} > ? {tail}", (*self._due_params, last, size)
+            rows = await self._read(sql, params, "reading due rows")
             if not rows:
                 return
             last = rows[-1][1]
-            yield [Row(str(key), pos, when) for key, pos, when in rows if key is not None]
+            yield [Row(str(key), pos, when) for key, pos, when in rows]
             if len(rows) < size:
                 return
 
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
-    ) -> int:
-        """Write one batch of results in one transaction; returns the rows changed.
+    ) -> Written:
+        """Write one batch of results in one short transaction; returns what was written.
 
-        Waits for the app's lock up to busy_timeout, or until `deadline.at` if that comes first.
+        Waits for the app's lock up to busy_timeout, or until `deadline.at` if that comes
+        first. A batch the app's schema refuses (a trigger, CHECK, UNIQUE, STRICT type) is
+        written again row by row, each in its own transaction, and the refused rows reported.
 
         Raises:
             StoreBusy: the lock was not had in time (nothing written; retry next pass).
-            sqlite3.Error: any other failure (nothing is committed).
+            StoreError: the database refused the write as a whole (read-only, full, I/O).
         """
         if not updates:
-            return 0
-        written = self._config.columns.written()
-        assignments = ", ".join(
-            f"{_quote(col)} = COALESCE({_quote(col)}, ?)" if name in KEPT else f"{_quote(col)} = ?"
-            for name, col in written.items()
-        )
-        # The due guard is the promise never to overwrite what the app wrote meanwhile; the
-        # per-column COALESCE keeps a name/asn/org the app put in a row without a country.
-        sql = f"UPDATE {self._table} SET {assignments} WHERE {self._ip} = ? AND {self._due}"
-        params = [
-            (*(_field(update, name, resolved_at) for name in written), update.key,
-             *self._due_params)
-            for update in updates
-        ]
-        await self._take_write_lock(deadline or WriteDeadline())
-        try:
-            # One executemany is one hop to the sqlite thread; rowcount sums every UPDATE's rows.
-            async with self._conn.executemany(sql, params) as cur:
-                changed = max(cur.rowcount, 0)
-            await self._conn.execute("COMMIT")
-        except BaseException as error:
-            # After some errors (disk full, I/O) SQLite has rolled back already; a ROLLBACK
-            # then fails with "no transaction is active" and would hide the error that matters.
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.OperationalError) and _is_locked(error):
-                raise _store_error("writing results", error) from None
-            raise
-        return changed
+            return Written(0)
+        until = self._until(deadline)
+        params = [self._params(update, resolved_at) for update in updates]
+        refused: list[Refusal] = []
+        counts = await self._confined(
+            params, self._apply, until, "writing results",
+            lambda index, error: refused.append(Refusal(updates[index].key, str(error))))
+        return Written(counts.get("changed", 0), tuple(refused))
 
     async def upkeep_chunks(
         self, query: UpkeepQuery, after: Any = None, size: int = READ_CHUNK
@@ -224,59 +188,24 @@ class SqliteStore:
         Each chunk carries the mapped values as read: an upkeep write is guarded by them.
         Raises: StoreBusy.
         """
-        where, params = self._upkeep_where(query)
+        where, params = upkeep_where(self._config.columns, query)
         if not where:
             return
-        written = self._config.columns.written()
-        names = list(written)
-        cursor_col = self._cursor_column
-        sql = (
-            f"SELECT {self._ip}, {cursor_col}, {', '.join(_quote(c) for c in written.values())} "
-            f"FROM {self._table} WHERE {self._country} IS NOT NULL AND {self._country} != '' "
-            f"AND ({where}) AND {cursor_col} > ? ORDER BY {cursor_col} LIMIT ?"
-        )
-        last: Any = after if after is not None else (-(2**63) if cursor_col == "rowid" else "")
+        names = list(self._config.columns.written())
+        cursor = self._layout.cursor
+        last = after
         while True:
-            try:
-                async with self._conn.execute(sql, (*params, last, size)) as cur:
-                    rows = list(await cur.fetchall())
-            except sqlite3.OperationalError as error:
-                _raise_if_locked("reading rows to keep up", error)
-                raise
+            first = last is None
+            sql = upkeep_select(self._config, cursor, where, first=first)
+            bound = (*params, size) if first else (*params, last, size)
+            rows = await self._read(sql, bound, "reading rows to keep up")
             if not rows:
                 return
             last = rows[-1][1]
             yield [Stored(str(row[0]), row[1], dict(zip(names, row[2:], strict=True)))
-                   for row in rows if row[0] is not None]
+                   for row in rows]
             if len(rows) < size:
                 return
-
-    def _upkeep_where(self, query: UpkeepQuery) -> tuple[str, list[Any]]:
-        """The SQL form of `query` over the mapped columns (rules on unmapped ones drop out)."""
-        cols = self._config.columns
-        rules: list[str] = []
-        params: list[Any] = []
-        fill = [_quote(getattr(cols, name)) for name in query.fill if getattr(cols, name, "")]
-        if fill:
-            rules.append(" OR ".join(f"{col} IS NULL" for col in fill))
-        src, ts = _quote(cols.source) if cols.source else "", _quote(cols.updated_at)
-        geod = "0"
-        if src and query.geod_sources:
-            marks = ", ".join("?" for _ in query.geod_sources)
-            globs = " OR ".join(f"{src} GLOB ?" for _ in query.geod_sources)
-            geod = f"({src} IS NOT NULL AND ({src} IN ({marks}) OR {globs}))"
-        geod_params = [*query.geod_sources, *(f"{name}:*" for name in query.geod_sources)]
-        if cols.updated_at and query.geod_before and geod != "0":
-            rules.append(f"{geod} AND ({ts} IS NULL OR {ts} < ?)")
-            params += [*geod_params, query.geod_before]
-        if cols.updated_at and query.app_before:
-            rules.append(f"NOT {geod} AND ({ts} IS NULL OR {ts} < ?)")
-            params += [*(geod_params if geod != "0" else []), query.app_before]
-        if src and query.mmdb_stamp:
-            rules.append(f"({src} = 'mmdb' OR {src} GLOB 'mmdb:*') AND {src} != ?")
-            params.append(query.mmdb_stamp)
-        where = " OR ".join(f"({rule})" for rule in rules)
-        return where, params
 
     async def write_changes(
         self, changes: Sequence[Change], deadline: WriteDeadline | None = None
@@ -284,73 +213,32 @@ class SqliteStore:
         """Write upkeep changes in one transaction; returns rows written per `Change.kind`.
 
         Each row is written only if it still holds every value in `expected` (the app may have
-        rewritten it while geod looked it up: then it is left alone, and not counted).
-        Raises: StoreBusy, sqlite3.Error (nothing committed).
+        rewritten it while geod looked it up: then it is left alone, and not counted). Rows the
+        app's schema refuses are left alone too, counted under "refused".
+        Raises: StoreBusy, StoreError (nothing committed).
         """
-        cols = self._config.columns
-        groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[tuple[Any, ...]]] = {}
-        for change in changes:
-            if not change.sets:
-                continue
-            shape = (change.kind, tuple(change.sets), tuple(change.expected))
-            groups.setdefault(shape, []).append(
-                (*change.sets.values(), change.key, *change.expected.values()))
-        counts = {change.kind: 0 for change in changes}
-        for change in changes:  # nothing to set (no timestamp/source mapped): nothing can race
-            if not change.sets:
-                counts[change.kind] += 1
-        if not groups:
+        counts = unguarded(changes)
+        work = [(kind, sql, row) for kind, sql, rows in change_statements(self._config, changes)
+                for row in rows]
+        if not work:
             return counts
-        await self._take_write_lock(deadline or WriteDeadline())
-        try:
-            for (kind, sets, expected), params in groups.items():
-                assignments = ", ".join(f"{_quote(getattr(cols, name))} = ?" for name in sets)
-                # The optimistic guard: every mapped value as read. `IS` matches NULL to NULL.
-                guard = " AND ".join(f"{_quote(getattr(cols, name))} IS ?" for name in expected)
-                sql = (f"UPDATE {self._table} SET {assignments} WHERE {self._ip} = ?"
-                       + (f" AND {guard}" if guard else ""))
-                async with self._conn.executemany(sql, params) as cur:
-                    counts[kind] += max(cur.rowcount, 0)
-            await self._conn.execute("COMMIT")
-        except BaseException as error:
-            if self._conn.in_transaction:
-                await self._conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.OperationalError) and _is_locked(error):
-                raise _store_error("writing upkeep", error) from None
-            raise
+
+        refused: list[int] = []
+        written = await self._confined(work, self._apply_changes, self._until(deadline),
+                                       "writing upkeep", lambda index, _: refused.append(index))
+        for kind, n in written.items():
+            counts[kind] = counts.get(kind, 0) + n
+        if refused:
+            counts["refused"] = len(refused)
         return counts
 
     async def read_row(self, key: str) -> dict[str, Any] | None:
         """The mapped values of the rows whose key is `key` (for `geod explain`); None if none."""
         written = self._config.columns.written()
-        sql = (f"SELECT {', '.join(_quote(c) for c in written.values())} FROM {self._table} "
+        sql = (f"SELECT {', '.join(quote(c) for c in written.values())} FROM {self._table} "
                f"WHERE {self._ip} = ? LIMIT 1")
-        async with self._conn.execute(sql, (key,)) as cur:
-            row = await cur.fetchone()
-        return dict(zip(written, row, strict=True)) if row is not None else None
-
-    async def _take_write_lock(self, deadline: WriteDeadline) -> None:
-        """BEGIN IMMEDIATE, waiting up to busy_timeout for the app's lock, in short slices.
-
-        SQLite's own busy wait cannot be interrupted, so a long busy_timeout would hold a stop
-        hostage; between slices the caller's `deadline` can cut the wait short.
-        """
-        loop = asyncio.get_running_loop()
-        timeout_at = loop.time() + self._config.busy_timeout
-        await self._conn.execute(f"PRAGMA busy_timeout = {LOCK_SLICE_MS}")
-        try:
-            while True:
-                try:
-                    await self._conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as error:
-                    if not _is_locked(error):
-                        raise
-                    if loop.time() >= min(timeout_at, deadline.at):
-                        raise _store_error("writing results", error) from None
-        finally:
-            # COMMIT may still wait for readers to finish: it gets the whole busy_timeout.
-            await self._conn.execute(self._busy_pragma)
+        rows = await self._read(sql, (key,), "reading a row")
+        return dict(zip(written, rows[0], strict=True)) if rows else None
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
         """Nothing to share: this process's negative cache is the only attempt log."""
@@ -360,41 +248,111 @@ class SqliteStore:
 
     async def report(self) -> StoreReport:
         """Counts for `geod status`. Raises: StoreBusy."""
-        rows = await self._scalar(f"SELECT COUNT(*) FROM {self._table}")
+        rows = await self._read(f"SELECT COUNT(*) FROM {self._table}", (), "reading the table")
         due = await self.count_due()
         query = (
             f"SELECT {self._country}, COUNT(*) AS n FROM {self._table} "
             f"WHERE {self._country} IS NOT NULL AND {self._country} != '' "
             f"GROUP BY {self._country} ORDER BY n DESC, {self._country} LIMIT 10"
         )
-        async with self._conn.execute(query) as cur:
-            top = [(str(code), int(n)) for code, n in await cur.fetchall()]
-        return StoreReport(rows, due, top)
+        top = [(str(code), int(n)) for code, n in await self._read(query, (), "reading")]
+        return StoreReport(int(rows[0][0]) if rows else 0, due, top)
 
-    async def _scalar(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _until(self, deadline: WriteDeadline | None) -> Until:
+        """busy_timeout from now, or the caller's deadline (moved up by a stop) if sooner."""
+        give_up = asyncio.get_running_loop().time() + self._config.busy_timeout
+        deadline = deadline or WriteDeadline()
+        return lambda: min(give_up, deadline.at)
+
+    async def _read(self, sql: str, params: tuple[Any, ...], doing: str) -> list[Any]:
+        until = asyncio.get_running_loop().time() + self._config.busy_timeout
+        return await read(self._conn, sql, params, doing, lambda: until)
+
+    async def _confined(
+        self, items: list[Item], apply: Callable[[list[Item]], Awaitable[Counts]], until: Until,
+        doing: str, refuse: Callable[[int, sqlite3.Error], None],
+    ) -> Counts:
+        """`apply(items)` in one transaction; if the schema refuses a row, each item alone.
+
+        Refused items are handed to `refuse` (index, error) and left out; the others' results
+        are added up. Raises: StoreBusy, StoreError.
+        """
         try:
-            async with self._conn.execute(sql, params) as cur:
-                row = await cur.fetchone()
-        except sqlite3.OperationalError as error:
-            _raise_if_locked("reading the table", error)
-            raise
+            return await transaction(self._conn, lambda: apply(items), doing, until)
+        except sqlite3.Error as error:
+            if not is_refusal(error):
+                raise store_error(doing, error) from None
+        total: Counts = {}
+        for index, item in enumerate(items):
+            try:
+                # One transaction per row (a trigger's RAISE(ROLLBACK) ends any transaction,
+                # so savepoints could not confine it); rare, and each is as short as a batch.
+                result = await transaction(self._conn, partial(apply, [item]), doing, until)
+            except sqlite3.Error as error:
+                if not is_refusal(error):
+                    raise store_error(doing, error) from None
+                refuse(index, error)
+                continue
+            for kind, n in result.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    async def _apply(self, params: list[tuple[Any, ...]]) -> Counts:
+        if not self._layout.is_view:
+            # One executemany is one hop to the sqlite thread; rowcount sums every UPDATE's rows.
+            async with self._conn.executemany(self._update_sql, params) as cur:
+                return {"changed": max(cur.rowcount, 0)}
+        # A view's INSTEAD OF trigger does the writing, and SQLite does not count those rows:
+        # count the batch's due rows before and after instead.
+        keys = list({row[-1 - len(self._due_params)] for row in params})
+        before = await self._due_among(keys)
+        await self._conn.executemany(self._update_sql, params)
+        return {"changed": before - await self._due_among(keys)}
+
+    async def _apply_changes(self, items: list[Guarded]) -> Counts:
+        """Upkeep's guarded UPDATEs; returns the rows they hit per kind."""
+        done: Counts = {}
+        for (kind, sql), group in itertools.groupby(items, key=lambda item: item[:2]):
+            rows = [row for _, _, row in group]
+            if self._layout.is_view:  # the trigger's rows are not counted: count the WHERE's
+                where = sql.split(" WHERE ", 1)[1]  # its marks are the last of each row
+                count = f"SELECT COUNT(*) FROM {self._table} WHERE {where}"
+                for row in rows:
+                    hit = await self._conn.execute_fetchall(count, row[-where.count("?"):])
+                    await self._conn.execute(sql, row)
+                    done[kind] = done.get(kind, 0) + int(next(iter(hit))[0])
+                continue
+            async with self._conn.executemany(sql, rows) as cur:
+                done[kind] = done.get(kind, 0) + max(cur.rowcount, 0)
+        return done
+
+    async def _due_among(self, keys: list[Any]) -> int:
+        marks = ", ".join("?" * len(keys))
+        sql = f"SELECT COUNT(*) FROM {self._table} WHERE {self._ip} IN ({marks}) AND {self._due}"
+        async with self._conn.execute(sql, (*keys, *self._due_params)) as cur:
+            row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-
-def _is_locked(error: BaseException) -> bool:
-    text = str(error).lower()
-    return "database is locked" in text or "database is busy" in text
-
-
-def _raise_if_locked(doing: str, error: sqlite3.Error) -> None:
-    if _is_locked(error):
-        raise StoreBusy(f"{doing}: {error}") from None
+    def _params(self, update: Update, resolved_at: str) -> tuple[Any, ...]:
+        values = (_field(update, name, resolved_at) for name in self._config.columns.written())
+        return (*values, update.key, *self._due_params)
 
 
-def _store_error(doing: str, error: sqlite3.Error) -> StoreError:
-    """StoreBusy for the app's lock (retry later), StoreError for anything else."""
-    kind = StoreBusy if _is_locked(error) else StoreError
-    return kind(f"{doing}: {error}")
+def _update_sql(config: DatabaseConfig, due: str) -> str:
+    """The guarded UPDATE of one row.
+
+    Two rules a reader might "simplify" away: the due guard is the promise never to overwrite a
+    row the app filled meanwhile, and COALESCE keeps every name/asn/org the app already put in a
+    row it left without a country: geod only fills those holes (`KEPT`).
+    """
+    parts = []
+    for name, column in config.columns.written().items():
+        col = quote(column)
+        parts.append(f"{col} = COALESCE({col}, ?)" if name in KEPT else f"{col} = ?")
+    return (f"UPDATE {quote(config.table)} SET {', '.join(parts)} "
+            f"WHERE {quote(config.columns.ip)} = ? AND {due}")
 
 
 def _probe(uri: str) -> None:
@@ -408,50 +366,3 @@ def _field(update: Update, name: str, resolved_at: str) -> str | None:
         return update.source
     value: str | None = getattr(update.geo, name)
     return value
-async def _prepare_table(conn: aiosqlite.Connection, config: DatabaseConfig, source: str) -> str:
-    """Create the table if allowed, check the mapped columns, and pick the pagination column."""
-    columns = await _columns(conn, config.table)
-    if not columns:
-        if not config.create:
-            raise ConfigError(
-                source,
-                "database.table",
-                f"table {config.table!r} does not exist in {config.path} "
-                "(set create = true to let geod create it)",
-            )
-        await conn.execute(_create_sql(config))
-        columns = await _columns(conn, config.table)
-    for name, column in _mapped_columns(config).items():
-        if column and column.lower() not in columns:
-            raise ConfigError(
-                source,
-                f"database.columns.{name}",
-                f"column {column!r} does not exist in table {config.table!r}",
-            )
-    try:
-        await conn.execute(f"SELECT rowid FROM {_quote(config.table)} LIMIT 0")
-    except sqlite3.OperationalError:  # a WITHOUT ROWID table: page on its key instead
-        return _quote(config.columns.ip)
-    return "rowid"
-
-
-def _mapped_columns(config: DatabaseConfig) -> dict[str, str]:
-    """Setting name -> column name for every column geod reads or writes."""
-    cols = config.columns
-    return {"ip": cols.ip, "country_code": cols.country_code, **cols.written()}
-
-
-async def _columns(conn: aiosqlite.Connection, table: str) -> set[str]:
-    async with conn.execute("SELECT name FROM pragma_table_info(?)", (table,)) as cur:
-        return {str(name).lower() for (name,) in await cur.fetchall()}
-
-
-def _create_sql(config: DatabaseConfig) -> str:
-    """The default schema, under the configured names."""
-    cols = config.columns
-    others = [column for name, column in cols.written().items() if name != "country_code"]
-    body = ", ".join(
-        [f"{_quote(cols.ip)} TEXT PRIMARY KEY", f"{_quote(cols.country_code)} TEXT"]
-        + [f"{_quote(column)} TEXT" for column in others]
-    )
-    return f"CREATE TABLE IF NOT EXISTS {_quote(config.table)} ({body})"

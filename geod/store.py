@@ -14,7 +14,7 @@ from typing import Protocol
 
 from geod.config import Config
 from geod.errors import StoreBusy, StoreError
-from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline
+from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline, Written
 from geod.sqlite_store import SqliteStore
 
 __all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
@@ -39,8 +39,12 @@ class Store(Protocol):
 
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
-    ) -> int:
-        """Write one batch in one transaction, only into rows still due; returns rows changed."""
+    ) -> Written:
+        """Write one batch, only into rows still due, never over a value the app wrote.
+
+        A row the app's schema refuses is left out and reported in `Written.refused`; the
+        others are written. Returns the rows changed and the refusals.
+        """
         ...
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:

@@ -215,6 +215,9 @@ class Upkeep:
         c.confirmed += written.get("confirmed", 0)
         c.changed += written.get("changed", 0)
         c.superseded += max(len(changes) - sum(written.values()), 0)
+        if written.get("refused"):  # the app's schema would not take them: left as they are
+            log.warning("row_refused", rows=written["refused"], during="upkeep",
+                        action="left_alone")
 
 
 def _answer(entry: _Open, geo: Geo, tag: str, now: str,

@@ -28,7 +28,7 @@ from tests.store_backends import StoreBackend
 EXIT_CONFIG = 78
 SUMMARY = re.compile(
     r"unresolved=\d+ retried=\d+ resolved=\d+ failed=\d+ unresolvable=\d+ backed_off=\d+ "
-    r"locked=\d+ missed=\d+ filled=\d+ confirmed=\d+ changed=\d+ superseded=\d+ "
+    r"locked=\d+ missed=\d+ refused=\d+ filled=\d+ confirmed=\d+ changed=\d+ superseded=\d+ "
     r"duration_s=\d+(\.\d+)?( resolved_by=[a-z-]+:\d+(,[a-z-]+:\d+)*)?"
 )
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -16,7 +16,7 @@ from geod.config import REDACTED, load_config
 from geod.errors import EXIT_CONFIG, ConfigError, StoreError, exit_code_for
 from geod.pg_lease import Fleet, schema_sql
 from geod.pg_store import PgStore
-from geod.records import Geo, Update
+from geod.records import Geo, Update, Written
 from tests.conftest import write_config
 from tests.pg import PgServer
 from tests.pg_helpers import make_pg_table, pg_config, read_pg_rows
@@ -107,7 +107,7 @@ async def test_password_file_logs_in_over_tcp(pg_url: str, pg_role: tuple[str, s
     role, tcp_url = pg_role
     _grant_app_table(pg_url, role)
     store = await PgStore.open(pg_config(tcp_url, password=PASSWORD), "geod.toml")
-    assert await store.write([Update("8.8.8.8", Geo("US", None, None, None))], "t") == 1
+    assert await store.write([Update("8.8.8.8", Geo("US", None, None, None))], "t") == Written(1)
     await store.close()
     with pytest.raises(StoreError) as refused:
         await PgStore.open(pg_config(tcp_url, password="wrong"), "geod.toml")  # noqa: S106
@@ -144,7 +144,7 @@ async def test_readme_grants_are_enough(pg_url: str, pg_role: tuple[str, str]) -
         assert await fleet.claim(["8.8.8.8"]) == ["8.8.8.8"]
         await fleet.record_failure(["1.1.1.1"], ttl=60, max_ttl=600)
         assert await store.write([Update("8.8.8.8", Geo("US", "United States", None, None))],
-                                 "t") == 1
+                                 "t") == Written(1)
         assert await fleet.release(["8.8.8.8"]) == 1
     finally:
         await store.close()

@@ -10,7 +10,7 @@ import pytest
 
 from geod.errors import ConfigError, StoreError
 from geod.pg_store import PgStore
-from geod.records import Geo, Update
+from geod.records import Geo, Update, Written
 from tests.pg_helpers import make_pg_table, pg_config, read_pg_rows
 
 GEO = Geo("US", "United States", "AS15169", "Google LLC")
@@ -42,7 +42,7 @@ async def test_inet_keys_and_typed_columns(pg_url: str) -> None:
     chunks = [chunk async for chunk in store.due_chunks(size=3)]
     keys = [row.key for chunk in chunks for row in chunk]
     assert sorted(keys) == sorted([f"9.9.9.{i}" for i in range(10)] + ["2001:db8::1"])
-    assert await store.write([Update("9.9.9.9", GEO), Update("2001:db8::1", GEO)], AT) == 2
+    assert await store.write([Update("9.9.9.9", GEO), Update("2001:db8::1", GEO)], AT) == Written(2)
     await store.close()
     rows = read_pg_rows(pg_url)
     assert rows["9.9.9.9"]["country_code"] == "US"
@@ -85,7 +85,7 @@ async def test_a_row_the_app_is_writing_is_skipped_not_waited_for(pg_url: str) -
         app.execute("SET LOCAL lock_timeout = '5ms'")
         app.execute("UPDATE geo_cache SET org = 'app2' WHERE ip = '1.1.1.1'")
     await store.close()
-    assert written == 1
+    assert written == Written(1)
     assert took < 5.0  # not busy_timeout (30 s): no row-lock wait at all
     rows = read_pg_rows(pg_url)
     assert rows["8.8.8.8"]["country_code"] is None
@@ -135,3 +135,27 @@ async def test_app_writer_never_waits_long_on_geod(pg_url: str) -> None:
     assert len(waits) > 10
     # One 100-row UPDATE takes milliseconds; a lock held across anything else would show here.
     assert max(waits) < 1.0, max(waits)
+
+
+@pytest.mark.parametrize("refusal", [
+    "CREATE FUNCTION no() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF NEW.ip = '1.1.1.1' THEN RAISE EXCEPTION 'no to 1.1.1.1'; END IF; RETURN NEW; END $$; "
+    "CREATE TRIGGER no BEFORE UPDATE ON geo_cache FOR EACH ROW EXECUTE FUNCTION no()",
+    "ALTER TABLE geo_cache ADD CONSTRAINT no CHECK (country_code IS NULL OR ip <> '1.1.1.1')",
+], ids=["trigger", "check"])
+async def test_a_row_the_schema_refuses_costs_that_row_only(pg_url: str, refusal: str) -> None:
+    """Issue 10, finding 1, on PostgreSQL: one refused row used to fail the whole batch, pass
+    after pass. It is left out and reported; the other rows are written."""
+    make_pg_table(pg_url, [("8.8.8.8", None), ("1.1.1.1", None), ("9.9.9.9", None)])
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(refusal)
+    store = await PgStore.open(pg_config(pg_url), "geod.toml")
+    written = await store.write([Update(ip, GEO) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9")],
+                                AT)
+    await store.close()
+    assert written.changed == 2
+    [refused] = written.refused
+    assert refused.key == "1.1.1.1" and "no" in refused.reason
+    rows = read_pg_rows(pg_url)
+    assert [rows[ip]["country_code"] for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9")] == \
+        ["US", None, "US"]

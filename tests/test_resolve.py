@@ -13,7 +13,7 @@ import pytest
 from geod.config import ColumnsConfig, DatabaseConfig
 from geod.negcache import NegativeCache
 from geod.pg_store import PgStore
-from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline
+from geod.records import Geo, Lookup, Outcome, PassSummary, Update, WriteDeadline, Written
 from geod.resolve import Pass
 from geod.sqlite_store import SqliteStore
 from geod.store import Store
@@ -309,9 +309,10 @@ def write_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         async def counting(self: Store, updates: Sequence[Update], resolved_at: str,
                            deadline: WriteDeadline | None = None,
-                           original: Any = original) -> int:
+                           original: Any = original) -> Written:
             sizes.append(len(updates))
-            return int(await original(self, updates, resolved_at, deadline))
+            written: Written = await original(self, updates, resolved_at, deadline)
+            return written
 
         monkeypatch.setattr(store, "write", counting)
     return sizes
@@ -351,8 +352,8 @@ async def test_summary_line_and_start_event_name_the_chain(
     summary = await chain_pass_over(path, [Scripted("mmdb", {"8.8.8.8": R}), Scripted("rir", {})],
                               negcache, fake_clock)
     assert events(logs, "geo_re_resolve_start")[0]["providers"] == ["mmdb", "rir"]
-    assert summary.line().endswith("missed=1 filled=0 confirmed=0 changed=0 superseded=0 "
-                                   "duration_s=0.0 resolved_by=mmdb:1,rir:0")
+    assert summary.line().endswith("missed=1 refused=0 filled=0 confirmed=0 changed=0 "
+                                   "superseded=0 duration_s=0.0 resolved_by=mmdb:1,rir:0")
 
 
 async def test_progress_reports_every_providers_lookups_and_counts_rows_once(

@@ -8,7 +8,7 @@ import pytest
 
 from geod.config import ColumnsConfig
 from geod.errors import ConfigError, StoreBusy
-from geod.records import Geo, Update, WriteDeadline
+from geod.records import Geo, Update, WriteDeadline, Written
 from tests.store_backends import StoreBackend
 
 GEO = Geo("US", "United States", "AS15169", "Google LLC")
@@ -22,7 +22,7 @@ async def test_unmapped_columns_are_neither_required_nor_written(
                        schema="CREATE TABLE geo_cache (ip TEXT, country_code TEXT, seen TEXT)")
     columns = ColumnsConfig(country_name="", asn="", org="", updated_at="")
     store = await app_db.open(columns=columns)
-    assert await store.write([Update("8.8.8.8", GEO)], AT) == 1
+    assert await store.write([Update("8.8.8.8", GEO)], AT) == Written(1)
     await store.close()
     assert app_db.read()["8.8.8.8"] == {"ip": "8.8.8.8", "country_code": "US",
                                                "seen": None}
@@ -39,7 +39,7 @@ async def test_app_column_names_are_mapped(app_db: StoreBackend) -> None:
     store = await app_db.open(table="hosts", columns=columns)
     chunks = [chunk async for chunk in store.due_chunks()]
     assert [row.key for row in chunks[0]] == ["1.1.1.1"]
-    assert await store.write([Update("1.1.1.1", GEO)], AT) == 1
+    assert await store.write([Update("1.1.1.1", GEO)], AT) == Written(1)
     await store.close()
     row = app_db.read("hosts", key="addr")["1.1.1.1"]
     assert (row["cc"], row["select"], row["asnum"], row["o"], row["t"]) == (
@@ -64,7 +64,7 @@ async def test_write_never_overwrites_what_the_app_wrote(app_db: StoreBackend) -
     app_db.make([("8.8.8.8", None), ("1.1.1.1", ""), ("9.9.9.9", "CH")])
     store = await app_db.open()
     updates = [Update(ip, GEO) for ip in ("8.8.8.8", "1.1.1.1", "9.9.9.9")]
-    assert await store.write(updates, AT) == 1
+    assert await store.write(updates, AT) == Written(1)
     await store.close()
     rows = app_db.read()
     assert rows["8.8.8.8"]["country_code"] == "US"
@@ -79,7 +79,7 @@ async def test_write_is_keyed_on_the_stored_string(app_db: StoreBackend) -> None
     store = await app_db.open()
     written = await store.write([Update(" 8.8.8.8", GEO), Update("::ffff:8.8.8.8", GEO)], AT)
     await store.close()
-    assert written == 2
+    assert written == Written(2)
     assert {row["country_code"] for row in app_db.read().values()} == {"US"}
 
 
@@ -88,7 +88,7 @@ async def test_values_are_bound_not_spliced(app_db: StoreBackend) -> None:
     app_db.make([("8.8.8.8", None)])
     evil = Geo("US", "x'); DROP TABLE geo_cache; --", None, "O'Reilly")
     store = await app_db.open()
-    assert await store.write([Update("8.8.8.8", evil)], AT) == 1
+    assert await store.write([Update("8.8.8.8", evil)], AT) == Written(1)
     await store.close()
     assert app_db.read()["8.8.8.8"]["country_name"] == evil.country_name
 
@@ -119,7 +119,7 @@ async def test_lock_held_past_busy_timeout_is_store_busy(app_db: StoreBackend) -
     store = await app_db.open(busy_timeout=0.05)
     with app_db.hold_lock(), pytest.raises(StoreBusy):
         await store.write([Update("8.8.8.8", GEO)], AT)
-    assert await store.write([Update("8.8.8.8", GEO)], AT) == 1
+    assert await store.write([Update("8.8.8.8", GEO)], AT) == Written(1)
     await store.close()
 
 
@@ -139,7 +139,7 @@ async def test_deadline_cuts_a_long_lock_wait_short(app_db: StoreBackend) -> Non
         with pytest.raises(StoreBusy):
             await write
         assert loop.time() - started < 1.0
-    assert await store.write([Update("8.8.8.8", GEO)], AT) == 1
+    assert await store.write([Update("8.8.8.8", GEO)], AT) == Written(1)
     await store.close()
 
 
@@ -150,7 +150,7 @@ async def test_write_keeps_a_name_asn_org_the_app_put_in_a_row_without_country(
                 insert="INSERT INTO geo_cache (ip, country_code, country_name, asn, org) "
                        "VALUES (?, ?, ?, ?, ?)")
     store = await app_db.open()
-    assert await store.write([Update("8.8.8.8", GEO)], AT) == 1
+    assert await store.write([Update("8.8.8.8", GEO)], AT) == Written(1)
     await store.close()
     assert app_db.read()["8.8.8.8"] == {
         "ip": "8.8.8.8", "country_code": "US", "country_name": "USA (app)", "asn": "AS15169",

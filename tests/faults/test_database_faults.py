@@ -315,14 +315,18 @@ async def test_error_that_already_rolled_back_is_the_one_reported(
         make_config: MakeConfig, fake_clock: FakeClock, fault_db: Path,
         fake_server: tuple[FakeIpApi, str], logs: Logs) -> None:
     """An error after which SQLite has rolled back by itself (as on a full disk; here an app's
-    trigger doing RAISE(ROLLBACK)) is the error logged, not a failed second ROLLBACK."""
+    trigger doing RAISE(ROLLBACK)) is the error logged, not a failed second ROLLBACK; being the
+    schema's refusal, it is confined to each row and the pass ends normally."""
     fake, _ = fake_server
     with sqlite3.connect(fault_db) as conn:
         conn.execute("CREATE TRIGGER app_says_no BEFORE UPDATE ON geo_cache "
                      "BEGIN SELECT RAISE(ROLLBACK, 'the app says no'); END")
     conn.close()
     before = snapshot(fault_db)
-    assert await daemon(make_config(), fake_clock).run_once() is None
-    [error] = events(logs, "geo_re_resolve_error")
-    assert error["error"] == "the app says no"
+    summary = await daemon(make_config(), fake_clock).run_once()
+    assert summary is not None and summary.refused == summary.retried > 0
+    refusals = events(logs, "row_refused")
+    assert len(refusals) == summary.refused
+    assert {event["reason"] for event in refusals} == {"the app says no"}
+    assert not events(logs, "geo_re_resolve_error")
     assert_invariants(before, fault_db, fake.requests)
