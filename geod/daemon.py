@@ -21,7 +21,8 @@ import structlog
 
 from geod.chain import Chain
 from geod.config import Config, load_config
-from geod.errors import ConfigError
+from geod.errors import ConfigError, GeodError
+from geod.instance import InstanceLock
 from geod.negcache import NegativeCache
 from geod.preflight import probe_write, startup_checks
 from geod.provider import Resources, make_session
@@ -92,6 +93,7 @@ class Daemon:
                                 upkeep_negcache=self.upkeep_negcache)
                       if path is not None else None)
         self._clear_shared_attempts = False
+        self._instance: InstanceLock | None = None  # held from startup() to shutdown()
 
     # -- intent: called from signal handlers or tests; they never act directly ---------------
 
@@ -173,6 +175,10 @@ class Daemon:
                 # The app is writing: the database is writable, if not yet proven so for geod.
                 log.warning("write_check_skipped",
                             reason="the database is locked by another writer")
+            if not self.config.database.url:  # PostgreSQL: a fleet shares the rows by leases
+                # One geod per SQLite file: a second would ask about every address again.
+                self._instance = InstanceLock(self.config.database.path)
+                self._instance.acquire()  # AlreadyRunning: exit 75, naming the holder's pid
             if self.state is not None:
                 self.state.load()
                 self._state_loaded = True
@@ -185,6 +191,7 @@ class Daemon:
                 await self._session.close()
                 self._session = None
             self._remove_signal_handlers()
+            self._release_instance()
             raise
 
     async def shutdown(self) -> None:
@@ -196,6 +203,7 @@ class Daemon:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._release_instance()
         log.info("shutdown", passes=self.passes)
 
     async def run_pass(self) -> PassSummary | None:
@@ -267,6 +275,20 @@ class Daemon:
         if self.state is not None and self._state_loaded:
             self.state.save()
 
+    def _move_instance(self, path: str) -> None:
+        """Hold the lock of database `path` instead (a reload changed it). Raises: GeodError."""
+        if self._instance is None or self._instance.path == InstanceLock(path).path:
+            return
+        fresh = InstanceLock(path)
+        fresh.acquire()
+        self._instance.release()
+        self._instance = fresh
+
+    def _release_instance(self) -> None:
+        if self._instance is not None:
+            self._instance.release()
+            self._instance = None
+
     def _remove_signal_handlers(self) -> None:
         if self._handle_signals:
             loop = asyncio.get_running_loop()
@@ -302,7 +324,15 @@ class Daemon:
             new = load_config(self.config.source)
         except ConfigError as error:
             log.error("config_reload_failed", reason=str(error), action="kept_old_config")
+            new = self.config
         else:
+            try:
+                if not new.database.url:
+                    self._move_instance(new.database.path)
+            except GeodError as error:  # another geod resolves the new database: keep ours
+                log.error("config_reload_failed", reason=str(error), action="kept_old_config")
+                new = self.config
+        if new is not self.config:
             if new.metrics.listen != self.config.metrics.listen:
                 log.warning("restart_required", key="metrics.listen", reason="bound at start")
             if new.ipapi.source_address != self.config.ipapi.source_address:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a fatal error that is not the config's fault (database unopenable, port taken)
+EXIT_IN_USE = 75  # EX_TEMPFAIL: another geod is resolving this database; try again later
 EXIT_NOPERM = 77  # EX_NOPERM: geod may not read or write its database; a restart cannot fix it
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus= names it
 
@@ -50,10 +51,16 @@ class PermissionProblem(GeodError):
     """geod's user may not read or write a file it needs; the message names the file and the fix."""
 
 
+class AlreadyRunning(GeodError):
+    """Another geod holds this database's instance lock (`instance`)."""
+
+
 def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that ends geod."""
     if isinstance(error, ConfigError):
         return EXIT_CONFIG
     if isinstance(error, PermissionProblem):
         return EXIT_NOPERM
+    if isinstance(error, AlreadyRunning):
+        return EXIT_IN_USE
     return EXIT_FAILURE
