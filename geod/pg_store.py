@@ -29,7 +29,8 @@ from geod.records import (
     WriteDeadline,
     Written,
 )
-from geod.sqlite_store import KEPT, READ_CHUNK
+from geod.sqlite_store import READ_CHUNK
+from geod.sqlite_write import KEPT
 
 STATEMENT_TIMEOUT_MS = 60_000  # a chunk read or batch write takes milliseconds; this is a backstop
 IDLE_IN_TRANSACTION_MS = 10_000  # geod never idles in a transaction; if a bug did, it ends

@@ -33,7 +33,8 @@ from geod.records import (
     Written,
 )
 from geod.resolve import Pass, utc_now
-from geod.sqlite_store import KEPT, SqliteStore
+from geod.sqlite_store import SqliteStore
+from geod.sqlite_write import KEPT
 from geod.state import CorruptState, recorded, state_path
 from geod.store import open_store
 from geod.upkeep import Cursor, for_pass

@@ -6,21 +6,19 @@ bounded chunks that finish before the caller goes to the network, and each batch
 one short write transaction. Every wait for the app's lock, at open, in every read and write, is
 taken in short slices (`sqlite_waits`), so a stop ends it within a slice, and a COMMIT never
 keeps the app's new readers out for long. What geod relies on in the app's schema is verified by
-`sqlite_schema`; a row the schema refuses is confined to that row. Upkeep's SQL is built in
-`sqlite_upkeep`.
+`sqlite_schema`; writes, and the rule that a row the schema refuses costs that row only, are in
+`sqlite_write`; upkeep's SQL is built in `sqlite_upkeep`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -31,7 +29,6 @@ from geod.records import (
     Change,
     DueCount,
     Outcome,
-    Refusal,
     Row,
     Stored,
     StoreReport,
@@ -41,17 +38,11 @@ from geod.records import (
     Written,
 )
 from geod.sqlite_schema import Layout, inspect_table, quote
-from geod.sqlite_upkeep import change_statements, unguarded, upkeep_select, upkeep_where
-from geod.sqlite_waits import Until, connect, is_refusal, read, sliced, store_error, transaction
+from geod.sqlite_upkeep import upkeep_select, upkeep_where
+from geod.sqlite_waits import Until, connect, read, sliced, store_error
+from geod.sqlite_write import Writer
 
 READ_CHUNK = 1000
-# Fields a write never replaces once they hold a value (COALESCE): what the app wrote survives.
-# The country itself is guarded by the due predicate; the timestamp and source are geod's record
-# of its own write (a row whose country geod writes gets geod's source).
-KEPT = ("country_name", "asn", "org")
-Item = TypeVar("Item")
-Counts = dict[str, int]  # rows written, per kind ("changed" for a pass's write)
-Guarded = tuple[str, str, tuple[Any, ...]]  # (kind, UPDATE, its parameters): one upkeep row
 
 
 class SqliteStore:
@@ -69,7 +60,7 @@ class SqliteStore:
         # app's and never touched.
         self._due = f"{self._country} IS NULL"
         self._due_params: tuple[Any, ...] = ()
-        self._update_sql = _update_sql(config, self._due)
+        self._writer = Writer(conn, config, layout, self._due, self._due_params)
 
     @classmethod
     async def open(
@@ -172,13 +163,7 @@ class SqliteStore:
         """
         if not updates:
             return Written(0)
-        until = self._until(deadline)
-        params = [self._params(update, resolved_at) for update in updates]
-        refused: list[Refusal] = []
-        counts = await self._confined(
-            params, self._apply, until, "writing results",
-            lambda index, error: refused.append(Refusal(updates[index].key, str(error))))
-        return Written(counts.get("changed", 0), tuple(refused))
+        return await self._writer.results(updates, resolved_at, self._until(deadline))
 
     async def upkeep_chunks(
         self, query: UpkeepQuery, after: Any = None, size: int = READ_CHUNK
@@ -217,20 +202,7 @@ class SqliteStore:
         app's schema refuses are left alone too, counted under "refused".
         Raises: StoreBusy, StoreError (nothing committed).
         """
-        counts = unguarded(changes)
-        work = [(kind, sql, row) for kind, sql, rows in change_statements(self._config, changes)
-                for row in rows]
-        if not work:
-            return counts
-
-        refused: list[int] = []
-        written = await self._confined(work, self._apply_changes, self._until(deadline),
-                                       "writing upkeep", lambda index, _: refused.append(index))
-        for kind, n in written.items():
-            counts[kind] = counts.get(kind, 0) + n
-        if refused:
-            counts["refused"] = len(refused)
-        return counts
+        return await self._writer.changes(changes, self._until(deadline))
 
     async def read_row(self, key: str) -> dict[str, Any] | None:
         """The mapped values of the rows whose key is `key` (for `geod explain`); None if none."""
@@ -270,99 +242,6 @@ class SqliteStore:
         until = asyncio.get_running_loop().time() + self._config.busy_timeout
         return await read(self._conn, sql, params, doing, lambda: until)
 
-    async def _confined(
-        self, items: list[Item], apply: Callable[[list[Item]], Awaitable[Counts]], until: Until,
-        doing: str, refuse: Callable[[int, sqlite3.Error], None],
-    ) -> Counts:
-        """`apply(items)` in one transaction; if the schema refuses a row, each item alone.
-
-        Refused items are handed to `refuse` (index, error) and left out; the others' results
-        are added up. Raises: StoreBusy, StoreError.
-        """
-        try:
-            return await transaction(self._conn, lambda: apply(items), doing, until)
-        except sqlite3.Error as error:
-            if not is_refusal(error):
-                raise store_error(doing, error) from None
-        total: Counts = {}
-        for index, item in enumerate(items):
-            try:
-                # One transaction per row (a trigger's RAISE(ROLLBACK) ends any transaction,
-                # so savepoints could not confine it); rare, and each is as short as a batch.
-                result = await transaction(self._conn, partial(apply, [item]), doing, until)
-            except sqlite3.Error as error:
-                if not is_refusal(error):
-                    raise store_error(doing, error) from None
-                refuse(index, error)
-                continue
-            for kind, n in result.items():
-                total[kind] = total.get(kind, 0) + n
-        return total
-
-    async def _apply(self, params: list[tuple[Any, ...]]) -> Counts:
-        if not self._layout.is_view:
-            # One executemany is one hop to the sqlite thread; rowcount sums every UPDATE's rows.
-            async with self._conn.executemany(self._update_sql, params) as cur:
-                return {"changed": max(cur.rowcount, 0)}
-        # A view's INSTEAD OF trigger does the writing, and SQLite does not count those rows:
-        # count the batch's due rows before and after instead.
-        keys = list({row[-1 - len(self._due_params)] for row in params})
-        before = await self._due_among(keys)
-        await self._conn.executemany(self._update_sql, params)
-        return {"changed": before - await self._due_among(keys)}
-
-    async def _apply_changes(self, items: list[Guarded]) -> Counts:
-        """Upkeep's guarded UPDATEs; returns the rows they hit per kind."""
-        done: Counts = {}
-        for (kind, sql), group in itertools.groupby(items, key=lambda item: item[:2]):
-            rows = [row for _, _, row in group]
-            if self._layout.is_view:  # the trigger's rows are not counted: count the WHERE's
-                where = sql.split(" WHERE ", 1)[1]  # its marks are the last of each row
-                count = f"SELECT COUNT(*) FROM {self._table} WHERE {where}"
-                for row in rows:
-                    hit = await self._conn.execute_fetchall(count, row[-where.count("?"):])
-                    await self._conn.execute(sql, row)
-                    done[kind] = done.get(kind, 0) + int(next(iter(hit))[0])
-                continue
-            async with self._conn.executemany(sql, rows) as cur:
-                done[kind] = done.get(kind, 0) + max(cur.rowcount, 0)
-        return done
-
-    async def _due_among(self, keys: list[Any]) -> int:
-        marks = ", ".join("?" * len(keys))
-        sql = f"SELECT COUNT(*) FROM {self._table} WHERE {self._ip} IN ({marks}) AND {self._due}"
-        async with self._conn.execute(sql, (*keys, *self._due_params)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    def _params(self, update: Update, resolved_at: str) -> tuple[Any, ...]:
-        values = (_field(update, name, resolved_at) for name in self._config.columns.written())
-        return (*values, update.key, *self._due_params)
-
-
-def _update_sql(config: DatabaseConfig, due: str) -> str:
-    """The guarded UPDATE of one row.
-
-    Two rules a reader might "simplify" away: the due guard is the promise never to overwrite a
-    row the app filled meanwhile, and COALESCE keeps every name/asn/org the app already put in a
-    row it left without a country: geod only fills those holes (`KEPT`).
-    """
-    parts = []
-    for name, column in config.columns.written().items():
-        col = quote(column)
-        parts.append(f"{col} = COALESCE({col}, ?)" if name in KEPT else f"{col} = ?")
-    return (f"UPDATE {quote(config.table)} SET {', '.join(parts)} "
-            f"WHERE {quote(config.columns.ip)} = ? AND {due}")
-
 
 def _probe(uri: str) -> None:
     sqlite3.connect(uri, uri=True).close()
-
-
-def _field(update: Update, name: str, resolved_at: str) -> str | None:
-    if name == "updated_at":
-        return resolved_at
-    if name == "source":
-        return update.source
-    value: str | None = getattr(update.geo, name)
-    return value

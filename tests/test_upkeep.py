@@ -344,3 +344,44 @@ async def test_a_lock_during_upkeep_ends_upkeep_not_the_pass(
         await store.close()
     assert (summary.resolved, summary.changed) == (1, 0)
     assert events(logs, "database_locked")[0]["during"] == "upkeep"
+
+
+# -- the app's schema: upkeep's writes are confined like a pass's (issue 10, findings 1 and 3) ---
+
+async def test_a_row_the_schema_refuses_during_upkeep_costs_that_row_only(
+        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        logs: Logs) -> None:
+    """A trigger refusing one refresh used to fail upkeep's whole write, and with it the pass."""
+    stale = ["8.8.8.8", "8.8.4.4", "1.1.1.1"]
+    db = make_table(make_db, [(ip, "DE", "Germany", None, None, OLD, "rir") for ip in stale])
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TRIGGER no BEFORE UPDATE ON geo_cache WHEN NEW.ip = '8.8.4.4' "
+                     "BEGIN SELECT RAISE(ABORT, 'no to 8.8.4.4'); END")
+    conn.close()
+    provider = Scripted("rir", {ip: Geo("FR", "France") for ip in stale})
+    summary = await upkeep_pass(config_for(db), [provider], fake_clock)
+    assert (summary.changed, summary.superseded) == (2, 0)
+    rows = read_rows(db)
+    assert [rows[ip]["country_code"] for ip in stale] == ["FR", "DE", "FR"]
+    [refused] = events(logs, "row_refused")
+    assert (refused["during"], refused["rows"]) == ("upkeep", 1)
+
+
+async def test_upkeep_reads_and_writes_through_a_writable_view(
+        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+    """A view's INSTEAD OF trigger does the writing: its rows are counted, not 'superseded'."""
+    db = make_db([("8.8.8.8", "DE", "Germany", None, None, OLD, "rir")],
+                 schema=SCHEMA.replace("geo_cache", "visits"),
+                 insert=INSERT.replace("geo_cache", "visits"))
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "CREATE VIEW geo_cache AS SELECT * FROM visits;"
+            "CREATE TRIGGER geo_cache_update INSTEAD OF UPDATE ON geo_cache BEGIN "
+            "UPDATE visits SET country_code = NEW.country_code, country_name = NEW.country_name,"
+            " asn = NEW.asn, org = NEW.org, cached_at = NEW.cached_at, source = NEW.source "
+            "WHERE ip = OLD.ip; END;")
+    conn.close()
+    provider = Scripted("rir", {"8.8.8.8": Geo("FR", "France")})
+    summary = await upkeep_pass(config_for(db), [provider], fake_clock)
+    assert (summary.changed, summary.superseded) == (1, 0)
+    assert read_rows(db, "visits")["8.8.8.8"]["country_code"] == "FR"
