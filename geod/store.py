@@ -15,7 +15,6 @@ from typing import Protocol
 from geod.config import Config
 from geod.errors import StoreBusy, StoreError
 from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline, Written
-from geod.sqlite_store import SqliteStore
 
 __all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
 
@@ -75,7 +74,11 @@ async def open_store(config: Config, *, readonly: bool = False) -> Store:
         PermissionProblem: root would create a database the service could not write.
         StoreError: the database cannot be opened (`StoreBusy`: it is locked right now).
     """
+    # Each implementation is imported here, not at the top: the pass imports this module for the
+    # Protocol and must not pull in a concrete store (nor psycopg, which SQLite users lack).
     if not config.database.url:
+        from geod.sqlite_store import SqliteStore
+
         return await SqliteStore.open(config.database, config.source, readonly=readonly)
     try:  # psycopg is the optional `postgresql` extra: SQLite users never import it
         from geod.pg_fleet import open_pg_store
