@@ -219,7 +219,7 @@ class PgStore:
     ) -> int:
         """One UPDATE statement for `updates`; the rows changed. Raises: psycopg.Error."""
         params = [[update.key for update in updates]] + [
-            [_field(update, name, resolved_at) for update in updates]
+            [update.value(name, resolved_at) for update in updates]
             for name in self._config.columns.written()
         ]
         loop = asyncio.get_running_loop()
@@ -303,14 +303,6 @@ def _write_sql(config: DatabaseConfig, types: dict[str, str]) -> sql.Composed:
         cc=sql.Identifier(cols.country_code), assignments=sql.SQL(", ").join(assignments),
     )
 
-
-def _field(update: Update, name: str, resolved_at: str) -> str | None:
-    if name == "updated_at":
-        return resolved_at
-    if name == "source":
-        return update.source
-    value: str | None = getattr(update.geo, name)
-    return value
 
 
 async def _column_types(conn: psycopg.AsyncConnection[Any], table: str) -> dict[str, str]:

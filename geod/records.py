@@ -66,6 +66,15 @@ class Update:
     geo: Geo
     source: str = ""  # the provider's name, written when a `source` column is mapped
 
+    def value(self, name: str, resolved_at: str) -> str | None:
+        """What this update writes into the column mapped as `name` (a `columns` field)."""
+        if name == "updated_at":
+            return resolved_at
+        if name == "source":
+            return self.source
+        value: str | None = getattr(self.geo, name)
+        return value
+
 
 @dataclass(frozen=True, slots=True)
 class Stored:

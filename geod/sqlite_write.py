@@ -137,7 +137,7 @@ class Writer:
         return int(row[0]) if row else 0
 
     def _params(self, update: Update, resolved_at: str) -> tuple[Any, ...]:
-        values = (_field(update, name, resolved_at) for name in self._config.columns.written())
+        values = (update.value(name, resolved_at) for name in self._config.columns.written())
         return (*values, update.key, *self._due_params)
 
 
@@ -155,11 +155,3 @@ def update_sql(config: DatabaseConfig, due: str) -> str:
     return (f"UPDATE {quote(config.table)} SET {', '.join(parts)} "
             f"WHERE {quote(config.columns.ip)} = ? AND {due}")
 
-
-def _field(update: Update, name: str, resolved_at: str) -> str | None:
-    if name == "updated_at":
-        return resolved_at
-    if name == "source":
-        return update.source
-    value: str | None = getattr(update.geo, name)
-    return value
