@@ -1,10 +1,11 @@
 """Open the PostgreSQL store, and with `geod_schema` set, the fleet's claimed walk over it.
 
 `FleetStore` is the `store.Store` several geod instances share one table through: it hands the
-pass only rows it has leased (`pg_lease.Fleet.claim_due`), keeps those leases renewed while the
-pass works on them (rate-limit waits included), records the pass's outcomes in the shared attempt
-log before it releases them, and takes over rows whose holder died: before each claim when their
-leases have expired, and at the end of a walk by waiting once for the leases still running.
+pass only rows whose address it has leased (`pg_lease.Fleet.claim`), keeps those leases
+renewed while the pass works on them (rate-limit waits included), records the pass's outcomes in
+the shared attempt log before it releases them, and takes over rows whose holder died: before
+each claim when their leases have expired, and at the end of a walk by waiting once for the
+leases still running. Leases and the log are keyed on the address sent, not on the row's key.
 The pass does not know it is in a fleet: it sees chunks, writes and `settle`.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import structlog
 
+from geod.addresses import sendable
 from geod.config import Config, NegativeCacheConfig
 from geod.pg_lease import Fleet
 from geod.pg_store import PgStore
@@ -73,12 +75,17 @@ class FleetStore:
         return await self.store.write(updates, resolved_at, deadline)
 
     async def due_chunks(self, size: int = CLAIM_SIZE) -> AsyncIterator[list[Row]]:
-        """Claim, yield and release chunks of at most `size` (capped at CLAIM_SIZE) rows.
+        """Claim, yield and release chunks: the rows of at most `size` (capped at CLAIM_SIZE)
+        addresses each.
 
-        A chunk's leases are renewed while the pass works on it and released when it asks for
-        the next one. Rows other instances hold are passed over; when the walk ends while some
-        are still held, it waits once for those leases to end and walks again, so a killed
-        instance's rows are taken over in this pass, not the next.
+        Leases are on the address a row's key normalises to (`addresses.sendable`), and a
+        claimed address comes with every due row that spells it, so no two instances ask about
+        one address however the app spelled it. Rows never sendable are handed out once, with
+        no lease (the pass counts them and sends nothing). A chunk's leases are renewed while
+        the pass works on it and released when it asks for the next one. Addresses others hold
+        are passed over; when the walk ends while some are still held, it waits once for those
+        leases to end and walks again, so a killed instance's rows are taken over in this
+        pass, not the next.
         """
         size = max(1, min(size, CLAIM_SIZE))
         if not self._pruned:
@@ -86,51 +93,90 @@ class FleetStore:
             self._pruned = True
         waited = False
         while True:
+            unsendable, by_address = await self._due_by_address()
+            if not waited:
+                for start in range(0, len(unsendable), size):
+                    yield unsendable[start:start + size]
             claimed = 0
-            after: str | None = None
-            while True:
+            passed_over: list[str] = []
+            addresses = list(by_address)
+            for start in range(0, len(addresses), size):
                 # Rows a dead instance held come first: behind this walk's position, it would
                 # otherwise reach them only at its end.
-                keys = await self._take_over(size)
-                if not keys:
-                    keys, after = await self.fleet.claim_due(self.store.due_sql(), size, after)
-                if keys:
-                    claimed += len(keys)
-                    self._hold(keys)
+                while rows := await self._claim(await self.fleet.take_expired(size), by_address):
+                    log.info("fleet_took_over", rows=len(rows))
+                    claimed += len(rows)
+                    self._renew()
                     try:
-                        yield [Row(key, key) for key in keys]
+                        yield rows
                     finally:
                         await self._release()
-                if after is None:
-                    break
-            left = await self.fleet.foreign_lease_left(self.store.due_sql())
+                batch = addresses[start:start + size]
+                rows = await self._claim(batch, by_address)
+                passed_over += [address for address in batch if address not in self._held]
+                if rows:
+                    claimed += len(rows)
+                    self._renew()
+                    try:
+                        yield rows
+                    finally:
+                        await self._release()
+            left = await self.fleet.foreign_lease_left(passed_over)
             if left is None or (waited and not claimed):
                 return
             log.info("fleet_waiting_for_leases", seconds=round(left, 1))
             await asyncio.sleep(left + TAKEOVER_SLACK_S)
             waited = True
 
-    async def _take_over(self, size: int) -> list[str]:
-        """Claim due rows whose lease another instance let expire; [] when there are none."""
-        expired = await self.fleet.take_expired(size)
-        if not expired:
+    async def _due_by_address(self) -> tuple[list[Row], dict[str, list[Row]]]:
+        """The due rows now, read in bounded chunks: (those never sendable, address -> rows)."""
+        unsendable: list[Row] = []
+        by_address: dict[str, list[Row]] = {}
+        async for chunk in self.store.due_chunks():
+            for row in chunk:
+                address = sendable(row.key)
+                if address is None:
+                    unsendable.append(row)
+                else:
+                    by_address.setdefault(address, []).append(row)
+        return unsendable, by_address
+
+    async def _claim(self, addresses: list[str], by_address: Mapping[str, list[Row]]) -> list[Row]:
+        """Lease those of `addresses` nobody else holds; returns their rows still due.
+
+        Held (`self._held`) from here until released; released at once when none of their
+        rows is due any more (another instance wrote them meanwhile): never asked again.
+        """
+        if not addresses:
             return []
-        keys = await self.fleet.claim(await self.store.still_due(expired))
-        if keys:
-            log.info("fleet_took_over", rows=len(keys))
-        return keys
+        claimed = await self.fleet.claim(addresses)
+        rows = [row for address in claimed for row in by_address.get(address, ())]
+        due = set(await self.store.still_due([row.key for row in rows])) if rows else set()
+        self._held = set(claimed)
+        rows = [row for row in rows if row.key in due]
+        if not rows:
+            await self._release()
+        return rows
+
+    def _renew(self) -> None:
+        """Renew the leases held (`self._held`) every third of their ttl until released."""
+        self._keeper = asyncio.create_task(self._renew_while_held())
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
-        """Share this chunk's outcomes (row key -> outcome) before its leases are released.
+        """Share this chunk's outcomes (row key -> outcome, logged by address) before its leases
+        are released.
 
         Failed and missed rows back off for every instance (doubling, as the negative cache
         does); unresolvable ones for max_ttl; answered ones leave the log.
         """
-        failed = [key for key, outcome in outcomes.items()
-                  if outcome in (Outcome.FAILED, Outcome.MISS)]
-        permanent = [key for key, outcome in outcomes.items()
-                     if outcome is Outcome.UNRESOLVABLE]
-        answered = [key for key, outcome in outcomes.items() if outcome is Outcome.RESOLVED]
+        by_outcome: dict[Outcome, set[str]] = {}
+        for key, outcome in outcomes.items():
+            address = sendable(key)  # keyed as the leases are; a never-sendable row is not logged
+            if address is not None:
+                by_outcome.setdefault(outcome, set()).add(address)
+        failed = by_outcome.get(Outcome.FAILED, set()) | by_outcome.get(Outcome.MISS, set())
+        permanent = by_outcome.get(Outcome.UNRESOLVABLE, set())
+        answered = by_outcome.get(Outcome.RESOLVED, set())
         if failed:
             await self.fleet.record_failure(failed, self._backoff.ttl, self._backoff.max_ttl)
         if permanent:
@@ -149,11 +195,6 @@ class FleetStore:
         finally:
             await self.fleet.close()
             await self.store.close()
-
-    def _hold(self, keys: list[str]) -> None:
-        """Start renewing our leases on `keys` every third of their ttl until released."""
-        self._held = set(keys)
-        self._keeper = asyncio.create_task(self._renew_while_held())
 
     async def _renew_while_held(self) -> None:
         while self._held:

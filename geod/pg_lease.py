@@ -159,18 +159,20 @@ class Fleet:
             "RETURNING address").format(lease=self._lease)
         return await self._addresses(query, {"owner": self.owner, "limit": limit})
 
-    async def foreign_lease_left(self, due: sql.Composed) -> float | None:
-        """Seconds until the last unexpired lease another owner holds on a due row ends.
+    async def foreign_lease_left(self, addresses: Collection[str]) -> float | None:
+        """Seconds until the last unexpired lease another owner holds on `addresses` ends.
 
-        None when no due row is leased by anyone else. `due` is the store's `due_sql()`.
+        None when nobody else holds any of them.
         """
+        if not addresses:
+            return None
         query = sql.SQL(
-            "SELECT extract(epoch FROM max(l.expires_at) - now())::float8 "
-            "FROM {lease} l JOIN ({due}) AS d ON l.address = d.key "
-            "WHERE l.owner <> %(owner)s AND l.expires_at > now()").format(
-                lease=self._lease, due=due)
+            "SELECT extract(epoch FROM max(expires_at) - now())::float8 FROM {lease} "
+            "WHERE address = ANY(%(addresses)s::text[]) AND owner <> %(owner)s "
+            "AND expires_at > now()").format(lease=self._lease)
         try:
-            cur = await self._conn.execute(query, {"owner": self.owner, "after": None})
+            cur = await self._conn.execute(
+                query, {"owner": self.owner, "addresses": list(addresses)})
             row = await cur.fetchone()
         except psycopg.Error as error:
             raise StoreError(f"fleet tables: {str(error).strip().splitlines()[0]}") from None

@@ -92,6 +92,32 @@ async def test_instances_never_ask_about_one_address(
     assert {row["writes"] for row in rows.values()} == {1}
 
 
+# One address spelled several ways, the spellings spread over the table's key order (spaces
+# sort first, digits next, "::" and upper case after): each instance's walk meets a different one.
+SPELLINGS = {
+    "8.1.0.9": [" 8.1.0.9", "8.1.0.9", "::ffff:8.1.0.9", "::FFFF:801:9", "8.1.0.9\t"],
+    "2a00:1450:4001:80b::200e": ["2a00:1450:4001:80b::200e", "2a00:1450:4001:80b:0:0:0:200e",
+                                 "2A00:1450:4001:80B::200E", " 2a00:1450:4001:080b::200e"],
+}
+
+
+async def test_instances_never_ask_about_one_address_spelled_two_ways(
+        fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """Leases and the attempt log are keyed on the address sent, not on the row's spelling: three
+    instances ask about an address once between them, and every spelling's row is written."""
+    spelled = [key for keys in SPELLINGS.values() for key in keys]
+    make_pg_table(pg_url, [(a, None) for a in [*ADDRESSES, *spelled, "10.0.0.1", "nonsense"]])
+    providers = [Recording(pause=0.05) for _ in range(3)]
+    await asyncio.gather(*(run_instance(fleet_config, p, fake_clock) for p in providers))
+    asked = [a for p in providers for a in p.asked]
+    assert sorted(asked) == sorted([*ADDRESSES, *SPELLINGS])  # each address once
+    rows = read_pg_rows(pg_url)
+    assert {key: rows[key]["country_code"] for key in spelled} == dict.fromkeys(spelled, "NL")
+    assert rows["10.0.0.1"]["country_code"] is None  # never sendable: never asked
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM geod.lease").fetchone() == (0,)
+
+
 async def test_a_failure_one_instance_saw_keeps_the_others_off(
         fleet_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
     """The shared attempt log: an address one instance failed on is not asked by the next
