@@ -107,45 +107,6 @@ class Fleet:
                   "addresses": list(addresses)}
         return await self._addresses(query, params)
 
-    async def claim_due(self, due: sql.Composed, limit: int,
-                        after: str | None = None) -> tuple[list[str], str | None]:
-        """Claim up to `limit` due addresses of the app's table in one statement.
-
-        `due` is the store's `due_sql()`. Rows leased by others or backing off are passed
-        over, so instances draining one table take disjoint batches. Returns (the addresses
-        claimed, the key to pass as `after` next time; None when no due row is left after it).
-        The app's rows are only read: the statement locks nothing but geod's own lease rows.
-        """
-        query = sql.SQL(
-            "WITH picked AS ("
-            "  SELECT d.key, d.pos FROM ({due}) AS d "
-            "  WHERE NOT EXISTS (SELECT 1 FROM {lease} l WHERE l.address = d.key "
-            "                    AND l.expires_at > now() AND l.owner <> %(owner)s) "
-            "  AND NOT EXISTS (SELECT 1 FROM {attempt} t WHERE t.address = d.key "
-            "                  AND t.next_attempt > now()) "
-            "  ORDER BY d.pos LIMIT %(limit)s), "
-            "claimed AS ("
-            "  INSERT INTO {lease} AS l (address, owner, expires_at) "
-            "  SELECT DISTINCT key, %(owner)s::uuid, now() + make_interval(secs => %(ttl)s) "
-            "  FROM picked ORDER BY key "
-            "  ON CONFLICT (address) DO UPDATE "
-            "  SET owner = excluded.owner, expires_at = excluded.expires_at "
-            "  WHERE l.expires_at <= now() OR l.owner = excluded.owner "
-            "  RETURNING l.address) "
-            "SELECT ARRAY(SELECT address FROM claimed), "
-            "       (SELECT key FROM picked ORDER BY pos DESC LIMIT 1)").format(
-                due=due, lease=self._lease, attempt=self._attempt)
-        params = {"owner": self.owner, "ttl": self.ttl, "limit": limit, "after": after}
-        try:
-            cur = await self._conn.execute(query, params)
-            row = await cur.fetchone()
-        except psycopg.Error as error:
-            raise StoreError(f"fleet tables: {str(error).strip().splitlines()[0]}") from None
-        if row is None:  # pragma: no cover - the outer SELECT always returns one row
-            return [], None
-        claimed, last = row
-        return [str(address) for address in claimed], (None if last is None else str(last))
-
     async def take_expired(self, limit: int) -> list[str]:
         """Drop up to `limit` leases other owners let expire (a killed or stalled instance);
         returns their addresses, for the caller to claim if they are still due.

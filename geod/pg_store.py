@@ -173,16 +173,6 @@ class PgStore:
         except psycopg.Error as error:
             raise _store_error("reading", error) from None
 
-    def due_sql(self) -> sql.Composed:
-        """A SELECT of the due rows as (key text, pos) with keys after `%(after)s` (NULL: all).
-
-        For the fleet's one-statement claim (`Fleet.claim_due`); a plain read, no row locks.
-        """
-        return sql.SQL(
-            "SELECT {key} AS key, {ip} AS pos FROM {t} WHERE {cc} IS NULL AND {ip} IS NOT NULL "
-            "AND (%(after)s::text IS NULL OR {ip} > CAST(%(after)s AS {ty}))").format(
-                key=self._ip_text, ip=self._ip, t=self._table, cc=self._country, ty=self._ip_type)
-
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
     ) -> Written:

@@ -206,36 +206,3 @@ async def test_a_killed_instance_leases_are_taken_over_after_expiry(
         taken.update(await survivor.claim(addresses))
         await asyncio.sleep(0.2)
     assert taken == set(addresses)
-
-
-async def test_claim_due_takes_disjoint_batches_of_the_apps_null_rows(
-        open_fleet: OpenFleet, pg_url: str) -> None:
-    """Four instances draining one table with claim_due: every NULL row claimed exactly once,
-    resolved rows and backing-off addresses never, and each walk ends."""
-    from geod.pg_store import PgStore
-    from tests.pg_helpers import make_pg_table
-
-    rows = [(address, "DE" if i % 5 == 0 else None) for i, address in enumerate(ADDRESSES)]
-    make_pg_table(pg_url, rows)
-    fleets = [await open_fleet() for _ in range(4)]
-    await fleets[0].record_failure([ADDRESSES[1]], ttl=600, max_ttl=86400)
-    store = await PgStore.open(pg_config(pg_url), "geod.toml")
-    due = store.due_sql()
-
-    async def drain(fleet: Fleet) -> list[str]:
-        got: list[str] = []
-        after: str | None = None
-        while True:
-            claimed, after = await fleet.claim_due(due, limit=25, after=after)
-            got += claimed
-            if after is None:
-                return got
-
-    shares = await asyncio.gather(*(drain(fleet) for fleet in fleets))
-    await store.close()
-    every = [address for share in shares for address in share]
-    expected = {address for i, address in enumerate(ADDRESSES) if i % 5 and i != 1}
-    assert len(every) == len(set(every))
-    assert set(every) == expected
-    # Who gets how many is not promised: instances in lockstep race for the same window and
-    # the losers move on empty-handed (in a real pass, resolving between claims breaks that).
