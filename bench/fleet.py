@@ -31,20 +31,8 @@ import psycopg
 
 from bench.pg_app_wait import _ACQUIRED, _ip, app_writer
 from tests.pg import start_server
-from tests.pg_helpers import PG_SCHEMA
+from tests.pg_helpers import PG_SCHEMA, WRITES_TRIGGER
 from tests.proc import REPO, FakeServer, _base_env, start_fake_ipapi
-
-FILLS = """
-ALTER TABLE geo_cache ADD COLUMN writes integer NOT NULL DEFAULT 0;
-CREATE FUNCTION count_fill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF OLD.country_code IS NULL AND NEW.country_code IS NOT NULL THEN
-    NEW.writes := OLD.writes + 1;
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER count_fill BEFORE UPDATE ON geo_cache FOR EACH ROW EXECUTE FUNCTION count_fill();
-"""
 
 
 def fill(url: str, rows: int) -> None:
@@ -53,7 +41,7 @@ def fill(url: str, rows: int) -> None:
         conn.execute("DROP TABLE IF EXISTS geo_cache")
         conn.execute("DROP FUNCTION IF EXISTS count_fill")
         conn.execute(PG_SCHEMA)  # type: ignore[arg-type]
-        conn.execute(FILLS)  # type: ignore[arg-type]
+        conn.execute(WRITES_TRIGGER)  # type: ignore[arg-type]
         with conn.cursor().copy("COPY geo_cache (ip) FROM STDIN") as copy:
             for i in range(rows):
                 copy.write_row((_ip(i),))

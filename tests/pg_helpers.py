@@ -37,3 +37,17 @@ def read_pg_rows(url: str, table: str = "geo_cache", key: str = "ip") -> dict[st
     with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
         rows = conn.execute(f"SELECT * FROM {table}").fetchall()  # type: ignore[arg-type]  # noqa: S608
     return {str(row[key]): dict(row) for row in rows}
+
+
+# Counts geod's writes per row: a second fill of the same row would show as writes = 2.
+WRITES_TRIGGER = """
+ALTER TABLE geo_cache ADD COLUMN writes integer NOT NULL DEFAULT 0;
+CREATE FUNCTION count_fill() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.country_code IS NULL AND NEW.country_code IS NOT NULL THEN
+    NEW.writes := OLD.writes + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER count_fill BEFORE UPDATE ON geo_cache FOR EACH ROW EXECUTE FUNCTION count_fill();
+"""

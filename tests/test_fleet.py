@@ -25,22 +25,10 @@ from geod.records import Geo, Lookup, Outcome, PassSummary
 from geod.resolve import Pass
 from geod.store import open_store
 from tests.conftest import FakeClock, MakeConfig
-from tests.pg_helpers import make_pg_table, read_pg_rows
+from tests.pg_helpers import WRITES_TRIGGER, make_pg_table, read_pg_rows
 from tests.proc import REPO, _base_env, start_fake_ipapi, write_geod_config
 
 ADDRESSES = [f"8.{i // 250}.{i % 250}.1" for i in range(600)]
-# Counts geod's writes per row: a second fill of the same row would show as writes = 2.
-WRITES_TRIGGER = """
-ALTER TABLE geo_cache ADD COLUMN writes integer NOT NULL DEFAULT 0;
-CREATE FUNCTION count_fill() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF OLD.country_code IS NULL AND NEW.country_code IS NOT NULL THEN
-    NEW.writes := OLD.writes + 1;
-  END IF;
-  RETURN NEW;
-END $$;
-CREATE TRIGGER count_fill BEFORE UPDATE ON geo_cache FOR EACH ROW EXECUTE FUNCTION count_fill();
-"""
 
 
 class Recording:
