@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.pg_app_wait import _ACQUIRED, _ip, app_writer
+from bench.pg_app_wait import _ip, app_writer, lock_waits_line
 from tests.pg import start_server
 from tests.pg_helpers import PG_SCHEMA, WRITES_TRIGGER
 from tests.proc import REPO, FakeServer, _base_env, start_fake_ipapi
@@ -197,10 +197,7 @@ def main() -> None:
                          f"{waits[-1] * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms")
             print(line, flush=True)
         if args.app:
-            log = (server.root / "server.log").read_text(encoding="utf-8", errors="replace")
-            lock_waits = [float(ms) for ms in _ACQUIRED.findall(log)]
-            print(f"lock waits over 1 ms logged by the server: {len(lock_waits)}, longest "
-                  f"{max(lock_waits, default=0.0):.1f} ms")
+            print(lock_waits_line(server.root))
     finally:
         server.stop()
 

@@ -21,6 +21,7 @@ import random
 import re
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -123,12 +124,17 @@ def main() -> None:
                 else "app alone"
             print(f"{what}: app updates {len(waits)}, median {statistics.median(waits) * 1e3:.2f}"
                   f" ms, p99 {p99 * 1e3:.2f} ms, max {waits[-1] * 1e3:.2f} ms")
-        log = (server.root / "server.log").read_text(encoding="utf-8", errors="replace")
-        lock_waits = [float(ms) for ms in _ACQUIRED.findall(log)]
-        print(f"lock waits over 1 ms logged by the server: {len(lock_waits)}, longest "
-              f"{max(lock_waits, default=0.0):.1f} ms")
+        print(lock_waits_line(server.root))
     finally:
         server.stop()
+
+
+def lock_waits_line(root: Path) -> str:
+    """The server log's lock waits over 1 ms (`log_lock_waits`, `deadlock_timeout = 1ms`)."""
+    log = (root / "server.log").read_text(encoding="utf-8", errors="replace")
+    lock_waits = [float(ms) for ms in _ACQUIRED.findall(log)]
+    return (f"lock waits over 1 ms logged by the server: {len(lock_waits)}, longest "
+            f"{max(lock_waits, default=0.0):.1f} ms")
 
 
 if __name__ == "__main__":
