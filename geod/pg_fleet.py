@@ -12,7 +12,8 @@ The pass does not know it is in a fleet: it sees chunks, writes and `settle`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -20,7 +21,18 @@ from geod.addresses import sendable
 from geod.config import Config, NegativeCacheConfig
 from geod.pg_lease import Fleet
 from geod.pg_store import PgStore
-from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline, Written
+from geod.records import (
+    Change,
+    DueCount,
+    Outcome,
+    Row,
+    Stored,
+    StoreReport,
+    Update,
+    UpkeepQuery,
+    WriteDeadline,
+    Written,
+)
 
 log = structlog.get_logger("geod.fleet")
 
@@ -73,6 +85,20 @@ class FleetStore:
         # NULL-guarded as ever: a row whose lease was taken over while we stalled is written
         # once, by whichever instance gets there first.
         return await self.store.write(updates, resolved_at, deadline)
+
+    async def read_row(self, key: str) -> dict[str, Any] | None:
+        return await self.store.read_row(key)
+
+    async def write_changes(self, changes: Sequence[Change],
+                            deadline: WriteDeadline | None = None) -> dict[str, int]:
+        # Guarded by every value read, as ever: leases decide who asks, not what may be written.
+        return await self.store.write_changes(changes, deadline)
+
+    async def upkeep_chunks(self, query: UpkeepQuery, after: Any = None, size: int = CLAIM_SIZE
+                            ) -> AsyncGenerator[list[Stored], None]:
+        """The store's upkeep rows, as they are (no leases yet)."""
+        async for chunk in self.store.upkeep_chunks(query, after, size):
+            yield chunk
 
     async def due_chunks(self, size: int = CLAIM_SIZE) -> AsyncIterator[list[Row]]:
         """Claim, yield and release chunks: the rows of at most `size` (capped at CLAIM_SIZE)

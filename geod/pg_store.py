@@ -10,48 +10,52 @@ Creates nothing in the app's schema: the table must exist (fleet tables live in 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from geod.config import DatabaseConfig
-from geod.errors import ConfigError, StoreBusy, StoreError
+from geod.errors import ConfigError, StoreError
+from geod.pg_upkeep import UpkeepSql
+from geod.pg_write import PgWriter, first_line, store_error
 from geod.records import (
+    Change,
     DueCount,
     Outcome,
-    Refusal,
     Row,
+    Stored,
     StoreReport,
     Update,
+    UpkeepQuery,
     WriteDeadline,
     Written,
 )
 from geod.sqlite_store import READ_CHUNK
-from geod.sqlite_write import KEPT
 
 STATEMENT_TIMEOUT_MS = 60_000  # a chunk read or batch write takes milliseconds; this is a backstop
 IDLE_IN_TRANSACTION_MS = 10_000  # geod never idles in a transaction; if a bug did, it ends
 CONNECT_TIMEOUT_S = 10
-DEADLINE_SLICE_S = 0.2  # how often a write waiting on a table lock looks at its deadline
 
 
-class PgBusy(StoreBusy):
-    """A lock or statement deadline passed: skip this batch, try again next pass."""
+def session_settings(config: DatabaseConfig, *, readonly: bool = False) -> dict[str, str]:
+    """Server-side limits for geod's session (GUC name -> value in ms).
 
-
-def session_settings(config: DatabaseConfig) -> dict[str, str]:
-    """Server-side limits for geod's session (GUC name -> value in ms)."""
-    return {
+    `readonly` (status, explain, a dry run): the server refuses any write the session tries.
+    """
+    settings = {
         "lock_timeout": str(max(1, int(config.busy_timeout * 1000))),
         "statement_timeout": str(STATEMENT_TIMEOUT_MS),
         "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
     }
+    if readonly:
+        settings["default_transaction_read_only"] = "on"
+    return settings
 
 
-async def connect(config: DatabaseConfig) -> psycopg.AsyncConnection[Any]:
+async def connect(config: DatabaseConfig, *, readonly: bool = False
+                  ) -> psycopg.AsyncConnection[Any]:
     """An autocommit connection with geod's session limits; libpq does the auth.
 
     Raises:
@@ -63,9 +67,9 @@ async def connect(config: DatabaseConfig) -> psycopg.AsyncConnection[Any]:
     try:
         conn = await psycopg.AsyncConnection.connect(config.url, autocommit=True, **extra)
     except psycopg.Error as error:
-        raise StoreError(f"connecting to {config.url}: {_first_line(error)}") from None
+        raise StoreError(f"connecting to {config.url}: {first_line(error)}") from None
     try:
-        for name, value in session_settings(config).items():
+        for name, value in session_settings(config, readonly=readonly).items():
             await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
     except BaseException:
         await conn.close()
@@ -86,23 +90,27 @@ class PgStore:
         # inet's text form carries the mask ("8.8.8.8/32"); host() is the address alone.
         as_text = "host({})" if types[cols.ip] == "inet" else "{}::text"
         self._ip_text = sql.SQL(as_text).format(self._ip)
-        self._write_sql = _write_sql(config, types)
+        self._upkeep = UpkeepSql(config, types, self._ip_text)
+        self._writer = PgWriter(conn, config, types, self._upkeep)
 
     @classmethod
-    async def open(cls, config: DatabaseConfig, source: str) -> PgStore:
+    async def open(cls, config: DatabaseConfig, source: str, *, readonly: bool = False
+                   ) -> PgStore:
         """Connect and check the table and mapped columns (never creates them).
+
+        `readonly`: the session is read-only on the server (a write would be refused).
 
         Raises:
             ConfigError: the table or a mapped column is missing.
             StoreError: the server cannot be reached or read.
         """
-        conn = await connect(config)
+        conn = await connect(config, readonly=readonly)
         try:
             types = await _column_types(conn, config.table)
             _check_columns(config, types, source)
         except psycopg.Error as error:
             await conn.close()
-            raise StoreError(f"opening {config.url}: {_first_line(error)}") from None
+            raise StoreError(f"opening {config.url}: {first_line(error)}") from None
         except BaseException:
             await conn.close()
             raise
@@ -125,7 +133,7 @@ class PgStore:
             cur = await self._conn.execute(query)
             row = await cur.fetchone()
         except psycopg.Error as error:
-            raise _store_error("reading", error) from None
+            raise store_error("reading", error) from None
         return DueCount(int(row[0]), int(row[1])) if row else DueCount()
 
     async def due_chunks(self, size: int = READ_CHUNK) -> AsyncIterator[list[Row]]:
@@ -152,7 +160,7 @@ class PgStore:
                              else self._conn.execute(after, (last, size)))
                 found = [(str(key), when) for key, when in await cur.fetchall()]
             except psycopg.Error as error:
-                raise _store_error("reading", error) from None
+                raise store_error("reading", error) from None
             if not found:
                 return
             last = found[-1][0]
@@ -171,7 +179,7 @@ class PgStore:
             cur = await self._conn.execute(query, {"keys": list(keys)})
             return [str(key) for (key,) in await cur.fetchall()]
         except psycopg.Error as error:
-            raise _store_error("reading", error) from None
+            raise store_error("reading", error) from None
 
     async def write(
         self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline | None = None
@@ -190,42 +198,73 @@ class PgStore:
         """
         if not updates:
             return Written(0)
-        deadline = deadline or WriteDeadline()
-        try:
-            return Written(await self._write_batch(updates, resolved_at, deadline))
-        except psycopg.Error as error:
-            if not _is_refusal(error):
-                raise _store_error("writing", error) from None
-        changed = 0
-        refused: list[Refusal] = []
-        for update in updates:
-            try:
-                changed += await self._write_batch([update], resolved_at, deadline)
-            except psycopg.Error as error:
-                if not _is_refusal(error):
-                    raise _store_error("writing", error) from None
-                refused.append(Refusal(update.key, _first_line(error)))
-        return Written(changed, tuple(refused))
+        return await self._writer.results(updates, resolved_at, deadline or WriteDeadline())
 
-    async def _write_batch(
-        self, updates: Sequence[Update], resolved_at: str, deadline: WriteDeadline
-    ) -> int:
-        """One UPDATE statement for `updates`; the rows changed. Raises: psycopg.Error."""
-        params = [[update.key for update in updates]] + [
-            [update.value(name, resolved_at) for update in updates]
-            for name in self._config.columns.written()
-        ]
-        loop = asyncio.get_running_loop()
-        statement = asyncio.ensure_future(self._conn.execute(self._write_sql, params))
-        # A slice, not one wait: the pass may move the deadline up (a stop) meanwhile.
-        while not statement.done():
-            left = deadline.at - loop.time()
-            if left <= 0:
-                await self._conn.cancel_safe()  # QueryCanceled -> PgBusy in the caller
-                await asyncio.wait([statement])
-                break
-            await asyncio.wait([statement], timeout=min(left, DEADLINE_SLICE_S))
-        return max(statement.result().rowcount, 0)
+    async def upkeep_chunks(
+        self, query: UpkeepQuery, after: Any = None, size: int = READ_CHUNK
+    ) -> AsyncGenerator[list[Stored], None]:
+        """Yield rows with a country that `query` selects, keyset-paged on the ip column after
+        `after` (a row's `cursor`); each chunk one finished statement, as `due_chunks`.
+
+        Each row carries its mapped values as read (text: see `pg_upkeep`), which an upkeep
+        write is guarded by. Raises: PgBusy.
+        """
+        found = self._upkeep.where(query)
+        if found is None:
+            return
+        where, params = found
+        last = after
+        while True:
+            select = self._upkeep.select(where, first=last is None)
+            try:
+                cur = await self._conn.execute(select, {**params, "after": last, "size": size})
+                rows = self._upkeep.stored(await cur.fetchall())
+            except psycopg.Error as error:
+                raise store_error("reading rows to keep up", error) from None
+            if not rows:
+                return
+            last = rows[-1].cursor
+            yield rows
+            if len(rows) < size:
+                return
+
+    async def write_changes(
+        self, changes: Sequence[Change], deadline: WriteDeadline | None = None
+    ) -> dict[str, int]:
+        """Write upkeep's changes as one statement (one short transaction); rows written per
+        `Change.kind`, and the rows the app's schema refused under "refused".
+
+        Each row is written only if it still holds every value in `expected`; a row the app
+        rewrote meanwhile, or holds locked right now, is left alone and not counted. Lock and
+        statement deadlines as `write`. Raises: PgBusy, StoreError (nothing written).
+        """
+        return await self._writer.changes(changes, deadline or WriteDeadline())
+
+    async def unchanged(self, rows: Sequence[Stored]) -> list[Stored]:
+        """Those of `rows` that still hold every value they were read with (the fleet, before
+        it hands claimed rows to upkeep: another instance may have kept them up meanwhile)."""
+        if not rows:
+            return []
+        try:
+            cur = await self._conn.execute(self._upkeep.current(),
+                                           {"keys": list({row.key for row in rows})})
+            now = {found.key: found.values
+                   for found in self._upkeep.stored(await cur.fetchall())}
+        except psycopg.Error as error:
+            raise store_error("reading rows to keep up", error) from None
+        return [row for row in rows if now.get(row.key) == row.values]
+
+    async def read_row(self, key: str) -> dict[str, Any] | None:
+        """The mapped values of a row whose key is `key`, as upkeep reads them; None if none."""
+        try:
+            cur = await self._conn.execute(self._upkeep.read_row(), {"key": key})
+            row = await cur.fetchone()
+        except psycopg.errors.DataError:  # not a value the ip column's type can hold
+            return None
+        except psycopg.Error as error:
+            raise store_error("reading a row", error) from None
+        names = self._config.columns.written()
+        return dict(zip(names, row, strict=True)) if row else None
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
         """Nothing to share: this process's negative cache is the only attempt log."""
@@ -244,7 +283,7 @@ class PgStore:
             cur = await self._conn.execute(query)
             top = [(str(code), int(n)) for code, n in await cur.fetchall()]
         except psycopg.Error as error:
-            raise _store_error("reading", error) from None
+            raise store_error("reading", error) from None
         return StoreReport(rows, due, top)
 
     async def _scalar(self, query: sql.Composed) -> int:
@@ -252,50 +291,8 @@ class PgStore:
             cur = await self._conn.execute(query)
             row = await cur.fetchone()
         except psycopg.Error as error:
-            raise _store_error("reading", error) from None
+            raise store_error("reading", error) from None
         return int(row[0]) if row else 0
-
-
-def _is_refusal(error: psycopg.Error) -> bool:
-    """Did the app's schema refuse this row: a constraint (23xxx), a value its column type
-    cannot take (22xxx), or a trigger's RAISE EXCEPTION (P0001)? Anything else is about every
-    row (a lock, the connection, permissions) and fails the write whole."""
-    return isinstance(error, psycopg.errors.IntegrityError | psycopg.errors.DataError
-                      | psycopg.errors.RaiseException)
-
-
-def _write_sql(config: DatabaseConfig, types: dict[str, str]) -> sql.Composed:
-    """The batch UPDATE: lock the still-NULL rows we can have at once, then fill them.
-
-    - `country IS NULL` is re-checked on the newest row version under the lock (READ COMMITTED
-      re-evaluation), so a value the app committed meanwhile is never overwritten;
-    - `SKIP LOCKED`: a row the app holds is skipped, not waited for, while we hold others;
-    - name, asn and org are COALESCEd (`KEPT`, as in SQLite): a value the app put there stays;
-    - `updated_at` is geod's stamp of when it filled the row, always set on the rows it fills.
-    """
-    cols = config.columns
-    written = cols.written()
-    names = ["key", *written]
-    batch_columns = sql.SQL(", ").join(sql.Identifier(name) for name in names)
-    arrays = sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in names)
-    assignments = []
-    for name, column in written.items():
-        value = sql.SQL("CAST(b.{} AS {})").format(
-            sql.Identifier(name), sql.SQL(types[column]))
-        if name in KEPT:
-            value = sql.SQL("COALESCE(t.{}, {})").format(sql.Identifier(column), value)
-        assignments.append(sql.SQL("{} = {}").format(sql.Identifier(column), value))
-    return sql.SQL(
-        "WITH b AS (SELECT * FROM unnest({arrays}) AS b({batch_columns})), "
-        "free AS (SELECT t.ctid AS id, b.* FROM {table} t JOIN b "
-        "ON t.{ip} = CAST(b.key AS {ip_type}) WHERE t.{cc} IS NULL FOR UPDATE OF t SKIP LOCKED) "
-        "UPDATE {table} t SET {assignments} FROM free b WHERE t.ctid = b.id AND t.{cc} IS NULL"
-    ).format(
-        arrays=arrays, batch_columns=batch_columns, table=sql.Identifier(config.table),
-        ip=sql.Identifier(cols.ip), ip_type=sql.SQL(types[cols.ip]),
-        cc=sql.Identifier(cols.country_code), assignments=sql.SQL(", ").join(assignments),
-    )
-
 
 
 async def _column_types(conn: psycopg.AsyncConnection[Any], table: str) -> dict[str, str]:
@@ -322,14 +319,3 @@ def _check_columns(config: DatabaseConfig, types: dict[str, str], source: str) -
                 f"column {column!r} does not exist in table {config.table!r}")
 
 
-def _store_error(doing: str, error: psycopg.Error) -> StoreError:
-    """Deadlines become PgBusy (retry next pass); the rest a StoreError with context."""
-    text = _first_line(error)
-    if isinstance(error, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
-        return PgBusy(f"database is busy: {doing}: {text}")
-    return StoreError(f"{doing} the PostgreSQL table: {text}")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

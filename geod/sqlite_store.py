@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import PurePath
 from typing import Any
@@ -167,7 +167,7 @@ class SqliteStore:
 
     async def upkeep_chunks(
         self, query: UpkeepQuery, after: Any = None, size: int = READ_CHUNK
-    ) -> AsyncIterator[list[Stored]]:
+    ) -> AsyncGenerator[list[Stored], None]:
         """Yield rows with a country that `query` selects, in key order after `after`.
 
         Each chunk carries the mapped values as read: an upkeep write is guarded by them.

@@ -9,12 +9,23 @@ and `open_store` picks the implementation from the config.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from geod.config import Config
 from geod.errors import StoreBusy, StoreError
-from geod.records import DueCount, Outcome, Row, StoreReport, Update, WriteDeadline, Written
+from geod.records import (
+    Change,
+    DueCount,
+    Outcome,
+    Row,
+    Stored,
+    StoreReport,
+    Update,
+    UpkeepQuery,
+    WriteDeadline,
+    Written,
+)
 
 __all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
 
@@ -44,6 +55,25 @@ class Store(Protocol):
         A row the app's schema refuses is left out and reported in `Written.refused`; the
         others are written. Returns the rows changed and the refusals.
         """
+        ...
+
+    def upkeep_chunks(self, query: UpkeepQuery, after: Any = ..., size: int = ...
+                      ) -> AsyncGenerator[list[Stored], None]:
+        """Rows with a country that `query` selects, in bounded chunks in cursor order after
+        `after` (a `Stored.cursor`; None: from the start), each with its values as read."""
+        ...
+
+    async def write_changes(self, changes: Sequence[Change],
+                            deadline: WriteDeadline | None = None) -> dict[str, int]:
+        """Write upkeep's changes in one short transaction; rows written per `Change.kind`.
+
+        A row is written only if it still holds every value in `Change.expected` (optimistic:
+        no lock is held across the look-up); rows the app's schema refuses count as "refused".
+        """
+        ...
+
+    async def read_row(self, key: str) -> dict[str, Any] | None:
+        """The mapped values of a row whose key is `key` (`geod explain`); None if none."""
         ...
 
     async def settle(self, outcomes: Mapping[str, Outcome]) -> None:

@@ -11,9 +11,10 @@ only sets NULL fields; a refresh sets only values that differ, and is counted `c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -22,20 +23,10 @@ from geod.config import Config
 from geod.negcache import NegativeCache
 from geod.provider import Provider, is_metered, source_tag
 from geod.records import Change, Geo, Outcome, Stored, UpkeepQuery, WriteDeadline
-from geod.store import STOP_GRACE, StoreBusy
+from geod.store import STOP_GRACE, Store, StoreBusy
 from geod.upkeep_rules import Kind, classify, decide, local_fill, make_query, utc_datetime
 
 log = structlog.get_logger("geod.upkeep")
-
-
-class UpkeepStore(Protocol):
-    """What upkeep needs from a store, beyond `store.Store` (a store without it gets none)."""
-
-    def upkeep_chunks(self, query: UpkeepQuery, after: Any = ..., size: int = ...
-                      ) -> AsyncIterator[list[Stored]]: ...
-
-    async def write_changes(self, changes: Sequence[Change],
-                            deadline: WriteDeadline | None = None) -> dict[str, int]: ...
 
 
 class OneWindow:
@@ -60,17 +51,14 @@ class OneWindow:
 
 
 def for_pass(
-    config: Config, store: object, chain: Sequence[Provider], negcache: NegativeCache,
+    config: Config, store: Store, chain: Sequence[Provider], negcache: NegativeCache,
     cursor: Cursor, may_spend: Callable[[], bool], now_utc: Callable[[], str],
 ) -> Upkeep | None:
-    """This pass's upkeep, or None when the store cannot do it or nothing is switched on."""
-    if not hasattr(store, "upkeep_chunks") or not hasattr(store, "write_changes"):
-        return None
+    """This pass's upkeep, or None when nothing is switched on."""
     query = make_query(config, chain, utc_datetime(now_utc()))
     if not query.active():
         return None
-    upkeep_store: UpkeepStore = store  # checked just above
-    return Upkeep(upkeep_store, chain, negcache, query, per_pass=config.refresh.per_pass,
+    return Upkeep(store, chain, negcache, query, per_pass=config.refresh.per_pass,
                   cursor=cursor, may_spend=may_spend, now_utc=now_utc,
                   names=config.resolve.country_names)
 
@@ -106,7 +94,7 @@ class Upkeep:
 
     def __init__(
         self,
-        store: UpkeepStore,
+        store: Store,
         chain: Sequence[Provider],
         negcache: NegativeCache,
         query: UpkeepQuery,
@@ -136,14 +124,17 @@ class Upkeep:
             return self.counts
         left = self.per_pass
         chunk_size = min(1000, left)
-        async for rows in self.store.upkeep_chunks(self.query, self.cursor.after, chunk_size):
-            rows = rows[:left]
-            left -= len(rows)
-            self.counts.examined += len(rows)
-            await self._chunk(rows)
-            self.cursor.after = rows[-1].cursor if rows else None
-            if left <= 0:
-                return self.counts
+        # Closed on the way out, early or not: a fleet's store releases the chunk's leases then.
+        async with aclosing(self.store.upkeep_chunks(self.query, self.cursor.after,
+                                                     chunk_size)) as chunks:
+            async for rows in chunks:
+                rows = rows[:left]
+                left -= len(rows)
+                self.counts.examined += len(rows)
+                await self._chunk(rows)
+                self.cursor.after = rows[-1].cursor if rows else None
+                if left <= 0:
+                    return self.counts
         self.cursor.after = None  # reached the end: the next pass starts over
         return self.counts
 

@@ -47,6 +47,12 @@ class StoreBackend(Protocol):
     def read(self, table: str = "geo_cache", key: str = "ip") -> dict[str, dict[str, Any]]:
         """Every row of `table`, keyed by its `key` column."""
 
+    def script(self, text: str) -> None:
+        """Run the app's own SQL (statements, no parameters): triggers, the app's writes."""
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        """The rows of one SELECT the test runs as the app."""
+
     async def open(self, **changes: Any) -> Store:
         """A store on the table, with DatabaseConfig fields replaced by `changes`."""
 
@@ -89,6 +95,17 @@ class SqliteBackend:
             conn.close()
         return {str(row[key]): dict(row) for row in rows}
 
+    def script(self, text: str) -> None:
+        with sqlite3.connect(self.path) as conn:
+            conn.executescript(text)
+        conn.close()
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.path) as conn:
+            rows = [tuple(row) for row in conn.execute(text)]
+        conn.close()
+        return rows
+
     async def open(self, **changes: Any) -> SqliteStore:
         config = replace(DatabaseConfig(path=str(self.path)), **changes)
         return await SqliteStore.open(config, "geod.toml")
@@ -129,6 +146,14 @@ class PgBackend:
 
     def read(self, table: str = "geo_cache", key: str = "ip") -> dict[str, dict[str, Any]]:
         return read_pg_rows(self.url, table, key)
+
+    def script(self, text: str) -> None:
+        with psycopg.connect(self.url) as conn:  # no parameters: one script, many statements
+            conn.execute(text)  # type: ignore[arg-type]  # test-owned SQL text
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url) as conn:
+            return [tuple(row) for row in conn.execute(text).fetchall()]  # type: ignore[arg-type]
 
     async def open(self, **changes: Any) -> PgStore:
         return await PgStore.open(pg_config(self.url, **changes), "geod.toml")

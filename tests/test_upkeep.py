@@ -1,9 +1,9 @@
-"""Upkeep (`upkeep`) over real SQLite tables: fills that never overwrite, refreshes that write
-once and only into rows the app left alone, mmdb builds re-checked, NULL rows first."""
+"""Upkeep (`upkeep`) over real tables in both stores (`app_db`: SQLite and PostgreSQL): fills
+that never overwrite, refreshes that write once and only into rows the app left alone, mmdb
+builds re-checked, NULL rows first."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ from geod.negcache import NegativeCache
 from geod.provider import Provider
 from geod.records import Geo, Lookup, Outcome, PassSummary
 from geod.resolve import Pass
-from geod.sqlite_store import SqliteStore
+from geod.store import open_store
 from geod.upkeep import Cursor, OneWindow, for_pass
-from tests.conftest import FakeClock, Logs, MakeConfig, MakeDb, events, make_daemon, read_rows
+from tests.conftest import FakeClock, Logs, MakeConfig, events, make_daemon, read_rows
 from tests.fake_ipapi import FakeIpApi
 from tests.mmdb_files import geolite2_asn, geolite2_country, ipinfo_lite, write_mmdb
+from tests.store_backends import SqliteBackend, StoreBackend
 
 NOW = "2026-11-29T12:00:00Z"
 OLD = "2026-09-01T00:00:00Z"  # older than the default 30 days
@@ -30,8 +31,23 @@ SCHEMA = ("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, count
 INSERT = ("INSERT INTO geo_cache (ip, country_code, country_name, asn, org, cached_at, source) "
           "VALUES (?, ?, ?, ?, ?, ?, ?)")
 # Counts every UPDATE that reaches a row: "written once" is a number, not an impression.
-WRITES = ("CREATE TABLE writes (ip TEXT); CREATE TRIGGER count_writes AFTER UPDATE ON geo_cache "
-          "BEGIN INSERT INTO writes VALUES (new.ip); END;")
+WRITES = {
+    "sqlite": "CREATE TABLE writes (ip TEXT); CREATE TRIGGER count_writes AFTER UPDATE ON "
+              "geo_cache BEGIN INSERT INTO writes VALUES (new.ip); END;",
+    "postgresql": "CREATE TABLE writes (ip TEXT); CREATE FUNCTION count_writes() RETURNS trigger "
+                  "LANGUAGE plpgsql AS $$ BEGIN INSERT INTO writes VALUES (NEW.ip); RETURN NEW; "
+                  "END $$; CREATE TRIGGER count_writes AFTER UPDATE ON geo_cache FOR EACH ROW "
+                  "EXECUTE FUNCTION count_writes();",
+}
+# The app's schema refusing one row (issue 10, finding 1), in each store's own words.
+REFUSE_ONE = {
+    "sqlite": "CREATE TRIGGER no BEFORE UPDATE ON geo_cache WHEN NEW.ip = '8.8.4.4' "
+              "BEGIN SELECT RAISE(ABORT, 'no to 8.8.4.4'); END",
+    "postgresql": "CREATE FUNCTION no() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  "IF NEW.ip = '8.8.4.4' THEN RAISE EXCEPTION 'no to 8.8.4.4'; END IF; "
+                  "RETURN NEW; END $$; CREATE TRIGGER no BEFORE UPDATE ON geo_cache FOR EACH ROW "
+                  "EXECUTE FUNCTION no();",
+}
 
 
 class Scripted:
@@ -55,25 +71,21 @@ class Scripted:
                 for a in addresses]
 
 
-def make_table(make_db: MakeDb, rows: list[tuple[Any, ...]]) -> Path:
-    db = make_db(rows, schema=SCHEMA, insert=INSERT)
-    with sqlite3.connect(db) as conn:
-        conn.executescript(WRITES)
-    conn.close()
-    return db
+def make_table(app_db: StoreBackend, rows: list[tuple[Any, ...]]) -> StoreBackend:
+    app_db.make(rows, schema=SCHEMA, insert=INSERT)
+    app_db.script(WRITES[app_db.name])
+    return app_db
 
 
-def writes(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        found = [ip for (ip,) in conn.execute("SELECT ip FROM writes")]
-    conn.close()
-    return found
+def writes(db: StoreBackend) -> list[str]:
+    return [str(ip) for (ip,) in db.query("SELECT ip FROM writes")]
 
 
 @pytest.fixture
 def config_for(make_config: MakeConfig) -> Callable[..., Config]:
-    def make(db: Path, refresh: dict[str, Any] | None = None, **tables: dict[str, Any]) -> Config:
-        return make_config(**{"database": {"path": str(db)},
+    def make(db: StoreBackend, refresh: dict[str, Any] | None = None,
+             **tables: dict[str, Any]) -> Config:
+        return make_config(**{"database": db.database,
                               "database.columns": {"source": "source"},
                               "refresh": refresh or {}, **tables})
     return make
@@ -84,7 +96,7 @@ async def upkeep_pass(config: Config, chain: Sequence[Provider], clock: FakeCloc
                       cursor: Cursor | None = None,
                       negcache: NegativeCache | None = None) -> PassSummary:
     """One real pass with upkeep, as the daemon runs it, at wall time NOW."""
-    store = await SqliteStore.open(config.database, config.source)
+    store = await open_store(config)
     try:
         upkeep = for_pass(config, store, chain, negcache or NegativeCache(600, 86400, clock),
                           cursor or Cursor(), may_spend, lambda: NOW)
@@ -107,10 +119,10 @@ APP_ROWS = [
 
 @pytest.mark.parametrize("chain", ["mmdb", "rir", "ip-api", "mmdb+asn"])
 async def test_an_apps_values_survive_every_provider(
-        chain: str, make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        chain: str, app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock,
         fake_server: tuple[FakeIpApi, str], tmp_path: Path) -> None:
     """Whatever answers, every non-NULL value the app wrote is still there after the pass."""
-    db = make_table(make_db, APP_ROWS)
+    db = make_table(app_db, APP_ROWS)
     if chain == "mmdb+asn":  # GeoLite2 Country plus GeoLite2 ASN
         country = write_mmdb(tmp_path / "c.mmdb", {
             "8.8.0.0/16": geolite2_country("US", "United States"),
@@ -141,9 +153,9 @@ async def test_an_apps_values_survive_every_provider(
 
 
 async def test_fill_asks_offline_first_and_ipapi_only_with_spare_quota(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """A fill the file cannot make goes to the metered provider only while quota is spare."""
-    db = make_table(make_db, [("8.8.8.8", "US", "United States", None, None, RECENT, None)])
+    db = make_table(app_db, [("8.8.8.8", "US", "United States", None, None, RECENT, None)])
     offline = Scripted("rir", {"8.8.8.8": Geo("US", "United States")})
     metered = Scripted("ip-api", {"8.8.8.8": Geo("US", "United States", "AS15169", "Google LLC")},
                        metered=True)
@@ -159,9 +171,9 @@ async def test_fill_asks_offline_first_and_ipapi_only_with_spare_quota(
 
 
 async def test_a_missing_name_is_filled_without_asking_anyone(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """The name follows from the code, in the configured style; no provider is asked."""
-    db = make_table(make_db, [("77.88.8.8", "RU", None, "AS13238", "YANDEX", RECENT, None)])
+    db = make_table(app_db, [("77.88.8.8", "RU", None, "AS13238", "YANDEX", RECENT, None)])
     provider = Scripted("ip-api", {}, metered=True)
     summary = await upkeep_pass(config_for(db, resolve={"country_names": "iso"}), [provider],
                                 fake_clock)
@@ -172,9 +184,9 @@ async def test_a_missing_name_is_filled_without_asking_anyone(
 # -- refresh -----------------------------------------------------------------------------------
 
 async def test_a_stale_row_with_a_new_country_is_written_once_and_counted_changed(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """geod's old row moves to the new country in one write; the app's old row is not touched."""
-    db = make_table(make_db, [
+    db = make_table(app_db, [
         ("8.8.8.8", "DE", "Germany", "AS3320", "Deutsche Telekom AG", OLD, "ip-api"),
         ("8.8.4.4", "DE", "Germany", "AS3320", "Deutsche Telekom AG", OLD, None),  # the app's
     ])
@@ -195,9 +207,9 @@ async def test_a_stale_row_with_a_new_country_is_written_once_and_counted_change
 
 
 async def test_a_stale_row_that_still_holds_is_confirmed_and_only_its_timestamp_moves(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """Same answer: counted confirmed; the values stay, the timestamp says when it was checked."""
-    db = make_table(make_db, [("8.8.8.8", "US", "United States", None, None, OLD, "rir")])
+    db = make_table(app_db, [("8.8.8.8", "US", "United States", None, None, OLD, "rir")])
     summary = await upkeep_pass(config_for(db), [Scripted("rir", {
         "8.8.8.8": Geo("US", "United States")})], fake_clock)
     assert (summary.changed, summary.confirmed) == (0, 1)
@@ -206,9 +218,9 @@ async def test_a_stale_row_that_still_holds_is_confirmed_and_only_its_timestamp_
 
 
 async def test_app_rows_are_refreshed_only_when_asked_to(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """`app_after` opts the app's own rows in; geod's `after = "off"` keeps its rows out."""
-    db = make_table(make_db, [("8.8.8.8", "DE", "Germany", "AS1", "x", OLD, None),
+    db = make_table(app_db, [("8.8.8.8", "DE", "Germany", "AS1", "x", OLD, None),
                               ("8.8.4.4", "DE", "Germany", "AS1", "x", OLD, "rir")])
     provider = Scripted("rir", {a: Geo("FR", "France") for a in ("8.8.8.8", "8.8.4.4")})
     summary = await upkeep_pass(config_for(db, {"after": "off", "app_after": "60d"}),
@@ -219,16 +231,14 @@ async def test_app_rows_are_refreshed_only_when_asked_to(
 
 
 async def test_a_row_the_app_rewrote_during_the_lookup_is_left_alone(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """No lock is held across the look-up: a row that changed meanwhile is not written."""
-    db = make_table(make_db, [("8.8.8.8", "DE", "Germany", None, None, OLD, "ip-api"),
+    db = make_table(app_db, [("8.8.8.8", "DE", "Germany", None, None, OLD, "ip-api"),
                               ("8.8.4.4", "DE", "Germany", None, None, OLD, "ip-api")])
 
     def app_writes() -> None:
-        with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE geo_cache SET country_code = 'IT', country_name = 'Italy', "
-                         "cached_at = '2026-11-29T11:59:00Z' WHERE ip = '8.8.8.8'")
-        conn.close()
+        db.script("UPDATE geo_cache SET country_code = 'IT', country_name = 'Italy', "
+                  "cached_at = '2026-11-29T11:59:00Z' WHERE ip = '8.8.8.8'")
 
     provider = Scripted("rir", {a: Geo("FR", "France") for a in ("8.8.8.8", "8.8.4.4")},
                         before_answer=app_writes)
@@ -240,11 +250,11 @@ async def test_a_row_the_app_rewrote_during_the_lookup_is_left_alone(
 
 
 async def test_null_rows_are_asked_first_and_upkeep_stops_when_quota_is_not_spare(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """The metered provider hears the NULL rows before any stale one, and no more than spare."""
     stale = [(f"8.8.{i}.1", "DE", "Germany", "AS1", "x", OLD, "ip-api") for i in range(250)]
     fresh = [(f"9.9.{i}.1", None, None, None, None, None, None) for i in range(150)]
-    db = make_table(make_db, stale + fresh)
+    db = make_table(app_db, stale + fresh)
     metered = Scripted("ip-api", {f"{p}.{i}.1": Geo("FR", "France", "AS2", "y")
                                   for p in ("8.8", "9.9") for i in range(250)}, metered=True)
     budget = iter([True, False])  # one upkeep request's worth of spare quota
@@ -255,9 +265,9 @@ async def test_null_rows_are_asked_first_and_upkeep_stops_when_quota_is_not_spar
 
 
 async def test_upkeep_examines_per_pass_rows_and_resumes_where_it_stopped(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
     """A bounded look per pass, round robin over the table, so a pass stays short."""
-    db = make_table(make_db, [(f"8.8.{i}.1", "DE", "Germany", "AS1", "x", OLD, "rir")
+    db = make_table(app_db, [(f"8.8.{i}.1", "DE", "Germany", "AS1", "x", OLD, "rir")
                               for i in range(5)])
     provider = Scripted("rir", {f"8.8.{i}.1": Geo("DE", "Germany") for i in range(5)})
     config, cursor = config_for(db, {"per_pass": 2}), Cursor()
@@ -270,14 +280,14 @@ async def test_upkeep_examines_per_pass_rows_and_resumes_where_it_stopped(
 # -- a new mmdb build ----------------------------------------------------------------------------
 
 async def test_rows_from_an_older_mmdb_build_are_rechecked_offline(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock,
         fake_server: tuple[FakeIpApi, str], tmp_path: Path, logs: Logs) -> None:
     """geoipupdate brings a new build: the rows the old one answered are re-checked from the
     file on the next pass (and never sent to ip-api), then left alone until the next build."""
     path = write_mmdb(tmp_path / "c.mmdb", {"8.8.8.0/24": geolite2_country("US", "US"),
                                            "8.8.4.0/24": geolite2_country("US", "US")},
                       build_epoch=1_764_000_000)
-    db = make_table(make_db, [("8.8.8.8", None, None, None, None, None, None),
+    db = make_table(app_db, [("8.8.8.8", None, None, None, None, None, None),
                               ("8.8.4.4", None, None, None, None, None, None)])
     config = config_for(db, {"fill": False}, resolve={"providers": ["mmdb", "ip-api"]},
                         mmdb={"path": str(path)}, ipapi={"url": fake_server[1]})
@@ -317,14 +327,14 @@ def test_ipapi_upkeep_gets_one_windows_time_a_pass(fake_clock: FakeClock) -> Non
 
 
 async def test_a_lock_during_upkeep_ends_upkeep_not_the_pass(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
     """The NULL rows' results stand and the pass succeeds; upkeep tries again next pass."""
-    db = make_table(make_db, [("8.8.8.8", None, None, None, None, None, None),
+    db = make_table(app_db, [("8.8.8.8", None, None, None, None, None, None),
                               ("8.8.4.4", "DE", "Germany", "AS1", "x", OLD, "rir")])
     provider = Scripted("rir", {a: Geo("FR", "France") for a in ("8.8.8.8", "8.8.4.4")})
     config = config_for(db)
-    store = await SqliteStore.open(config.database, config.source)
+    store = await open_store(config)
 
     class Locked:
         """The app holds its lock through upkeep's read."""
@@ -349,15 +359,12 @@ async def test_a_lock_during_upkeep_ends_upkeep_not_the_pass(
 # -- the app's schema: upkeep's writes are confined like a pass's (issue 10, findings 1 and 3) ---
 
 async def test_a_row_the_schema_refuses_during_upkeep_costs_that_row_only(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock,
+        app_db: StoreBackend, config_for: Callable[..., Config], fake_clock: FakeClock,
         logs: Logs) -> None:
     """A trigger refusing one refresh used to fail upkeep's whole write, and with it the pass."""
     stale = ["8.8.8.8", "8.8.4.4", "1.1.1.1"]
-    db = make_table(make_db, [(ip, "DE", "Germany", None, None, OLD, "rir") for ip in stale])
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TRIGGER no BEFORE UPDATE ON geo_cache WHEN NEW.ip = '8.8.4.4' "
-                     "BEGIN SELECT RAISE(ABORT, 'no to 8.8.4.4'); END")
-    conn.close()
+    db = make_table(app_db, [(ip, "DE", "Germany", None, None, OLD, "rir") for ip in stale])
+    db.script(REFUSE_ONE[db.name])
     provider = Scripted("rir", {ip: Geo("FR", "France") for ip in stale})
     summary = await upkeep_pass(config_for(db), [provider], fake_clock)
     assert (summary.changed, summary.superseded) == (2, 0)
@@ -368,19 +375,20 @@ async def test_a_row_the_schema_refuses_during_upkeep_costs_that_row_only(
 
 
 async def test_upkeep_reads_and_writes_through_a_writable_view(
-        make_db: MakeDb, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
-    """A view's INSTEAD OF trigger does the writing: its rows are counted, not 'superseded'."""
-    db = make_db([("8.8.8.8", "DE", "Germany", None, None, OLD, "rir")],
-                 schema=SCHEMA.replace("geo_cache", "visits"),
-                 insert=INSERT.replace("geo_cache", "visits"))
-    with sqlite3.connect(db) as conn:
-        conn.executescript(
-            "CREATE VIEW geo_cache AS SELECT * FROM visits;"
-            "CREATE TRIGGER geo_cache_update INSTEAD OF UPDATE ON geo_cache BEGIN "
-            "UPDATE visits SET country_code = NEW.country_code, country_name = NEW.country_name,"
-            " asn = NEW.asn, org = NEW.org, cached_at = NEW.cached_at, source = NEW.source "
-            "WHERE ip = OLD.ip; END;")
-    conn.close()
+        tmp_path: Path, config_for: Callable[..., Config], fake_clock: FakeClock) -> None:
+    """A view's INSTEAD OF trigger does the writing: its rows are counted, not 'superseded'.
+
+    SQLite only: geod's PostgreSQL store writes tables (it locks rows by ctid)."""
+    db = SqliteBackend(tmp_path / "geo.db")
+    db.make([("8.8.8.8", "DE", "Germany", None, None, OLD, "rir")],
+            schema=SCHEMA.replace("geo_cache", "visits"),
+            insert=INSERT.replace("geo_cache", "visits"))
+    db.script(
+        "CREATE VIEW geo_cache AS SELECT * FROM visits;"
+        "CREATE TRIGGER geo_cache_update INSTEAD OF UPDATE ON geo_cache BEGIN "
+        "UPDATE visits SET country_code = NEW.country_code, country_name = NEW.country_name,"
+        " asn = NEW.asn, org = NEW.org, cached_at = NEW.cached_at, source = NEW.source "
+        "WHERE ip = OLD.ip; END;")
     provider = Scripted("rir", {"8.8.8.8": Geo("FR", "France")})
     summary = await upkeep_pass(config_for(db), [provider], fake_clock)
     assert (summary.changed, summary.superseded) == (1, 0)
