@@ -6,7 +6,9 @@ renewed while the pass works on them (rate-limit waits included), records the pa
 the shared attempt log before it releases them, and takes over rows whose holder died: before
 each claim when their leases have expired, and at the end of a walk by waiting once for the
 leases still running. Leases and the log are keyed on the address sent, not on the row's key.
-The pass does not know it is in a fleet: it sees chunks, writes and `settle`.
+Upkeep (`[refresh]`) claims the same leases, chunk by chunk, so no two instances ask about one
+address at once there either (`upkeep_chunks`). The pass does not know it is in a fleet: it sees
+chunks, writes and `settle`.
 """
 
 from __future__ import annotations
@@ -96,9 +98,36 @@ class FleetStore:
 
     async def upkeep_chunks(self, query: UpkeepQuery, after: Any = None, size: int = CLAIM_SIZE
                             ) -> AsyncGenerator[list[Stored], None]:
-        """The store's upkeep rows, as they are (no leases yet)."""
+        """The store's upkeep rows, each chunk's addresses leased to this instance first.
+
+        The same leases as the NULL rows' (`due_chunks`), so no two instances ask about one
+        address at once, nor one an instance has just failed on in a pass. Rows whose address
+        another instance holds are passed over: they are that one's to keep up. Claimed rows
+        that no longer hold what was read (another instance kept them up meanwhile) are dropped
+        before upkeep sees them, so they are not asked about again. Unlike `due_chunks` this
+        neither takes over nor waits: upkeep is best effort, and a dead instance's upkeep rows
+        come round again once its leases have expired. Rows never sendable take no lease
+        (upkeep sends nothing for them).
+        """
+        size = max(1, min(size, CLAIM_SIZE))
         async for chunk in self.store.upkeep_chunks(query, after, size):
-            yield chunk
+            addresses = {row.key: sendable(row.key) for row in chunk}
+            claimed = set(await self.fleet.claim(sorted({a for a in addresses.values() if a})))
+            self._held = claimed
+            rows = await self.store.unchanged(
+                [row for row in chunk if addresses[row.key] in claimed])
+            kept = {row.key for row in rows}
+            # In the walk's order: upkeep resumes after the last row it was handed.
+            rows = [row for row in chunk if row.key in kept or addresses[row.key] is None]
+            if not kept:
+                await self._release()
+            if not rows:
+                continue
+            self._renew()
+            try:
+                yield rows
+            finally:
+                await self._release()
 
     async def due_chunks(self, size: int = CLAIM_SIZE) -> AsyncIterator[list[Row]]:
         """Claim, yield and release chunks: the rows of at most `size` (capped at CLAIM_SIZE)

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,14 +22,16 @@ import pytest
 from geod.config import Config
 from geod.negcache import NegativeCache
 from geod.pg_fleet import FleetStore
-from geod.records import Geo, Lookup, Outcome, PassSummary
+from geod.records import Geo, Lookup, Outcome, PassSummary, Stored
 from geod.resolve import Pass
 from geod.store import open_store
+from geod.upkeep import Cursor, for_pass
 from tests.conftest import FakeClock, MakeConfig
 from tests.pg_helpers import WRITES_TRIGGER, make_pg_table, read_pg_rows
 from tests.proc import REPO, _base_env, start_fake_ipapi, write_geod_config
 
 ADDRESSES = [f"8.{i // 250}.{i % 250}.1" for i in range(600)]
+NL = Geo("NL")
 
 
 class Recording:
@@ -37,16 +40,18 @@ class Recording:
     name = "ip-api"
     batch_size = 100
 
-    def __init__(self, failing: Sequence[str] = (), pause: float = 0.01) -> None:
+    def __init__(self, failing: Sequence[str] = (), pause: float = 0.01,
+                 geo: Geo = NL) -> None:
         self.asked: list[str] = []
         self.failing = set(failing)
         self.pause = pause
+        self.geo = geo
 
     async def resolve(self, addresses: Sequence[str]) -> list[Lookup]:
         self.asked += addresses
         await asyncio.sleep(self.pause)  # on the network: the other instances move on meanwhile
         return [Lookup(a, Outcome.FAILED, reason="test") if a in self.failing
-                else Lookup(a, Outcome.RESOLVED, Geo("NL")) for a in addresses]
+                else Lookup(a, Outcome.RESOLVED, self.geo) for a in addresses]
 
 
 @pytest.fixture
@@ -167,6 +172,92 @@ async def test_expired_rows_behind_the_walk_are_taken_over_before_it_ends(
     assert first_taken < len(ADDRESSES) - len(held)  # before the walk's own rows ran out
     await dead.fleet.close()
     await dead.store.close()
+
+
+STALE_SCHEMA = ("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, "
+                "country_name TEXT, asn TEXT, org TEXT, cached_at TEXT, source TEXT)")
+# Counts every UPDATE that reaches a row (upkeep's included), not only the fills.
+EVERY_WRITE = ("CREATE TABLE writes (ip TEXT); CREATE FUNCTION count_writes() RETURNS trigger "
+               "LANGUAGE plpgsql AS $$ BEGIN INSERT INTO writes VALUES (NEW.ip); RETURN NEW; "
+               "END $$; CREATE TRIGGER count_writes AFTER UPDATE ON geo_cache FOR EACH ROW "
+               "EXECUTE FUNCTION count_writes();")
+
+
+# A whole answer: a row refreshed without an AS would be due again, for a fill.
+WHOLE = Geo("NL", "Netherlands", "AS1136", "KPN")
+
+
+@pytest.fixture
+def stale_config(make_config: MakeConfig, pg_url: str) -> Config:
+    """A fleet whose table holds only rows geod wrote long ago (refresh is due on all)."""
+    make_pg_table(pg_url, [(a, "DE", "Germany", None, None, "2026-01-01T00:00:00Z", "ip-api")
+                           for a in ADDRESSES], schema=STALE_SCHEMA,
+                  insert="INSERT INTO geo_cache VALUES (%s, %s, %s, %s, %s, %s, %s)")
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(EVERY_WRITE)  # type: ignore[arg-type]  # test-owned SQL
+    return make_config(**{"database": {"url": pg_url, "geod_schema": "geod", "lease_ttl": 2},
+                          "database.columns": {"source": "source"}})
+
+
+async def upkeep_instance(config: Config, provider: Recording, clock: FakeClock,
+                          store: FleetStore | None = None) -> PassSummary:
+    """One instance's pass, with upkeep and spare quota, at wall time 2026-11-29T12:00:00Z."""
+    if store is None:
+        opened = await open_store(config)
+        assert isinstance(opened, FleetStore)
+        store = opened
+    now = "2026-11-29T12:00:00Z"
+    try:
+        upkeep = for_pass(config, store, [provider], NegativeCache(600, 86400, clock),
+                          Cursor(), lambda: True, lambda: now)
+        return await Pass(store, [provider], NegativeCache(600, 86400, clock), clock=clock,
+                          now_utc=lambda: now, upkeep=upkeep).run()
+    finally:
+        await store.close()
+
+
+async def test_instances_never_ask_about_one_address_in_upkeep(
+        stale_config: Config, pg_url: str, fake_clock: FakeClock) -> None:
+    """Refresh in a fleet: three instances keeping one table's stale rows up at once, with
+    spare quota, ask about each address once between them and write each row once."""
+    providers = [Recording(pause=0.05, geo=WHOLE) for _ in range(3)]
+    summaries = await asyncio.gather(
+        *(upkeep_instance(stale_config, p, fake_clock) for p in providers))
+    asked = [a for p in providers for a in p.asked]
+    assert sorted(asked) == sorted(ADDRESSES)  # each once, none left out
+    assert sum(1 for p in providers if p.asked) >= 2  # they really shared the work
+    assert sum(s.changed for s in summaries) == len(ADDRESSES)
+    assert sum(s.superseded for s in summaries) == 0
+    with psycopg.connect(pg_url) as conn:
+        written = conn.execute("SELECT ip, count(*) FROM writes GROUP BY ip").fetchall()
+        assert conn.execute("SELECT count(*) FROM geod.lease").fetchone() == (0,)
+    assert sorted(written) == sorted((a, 1) for a in ADDRESSES)
+    assert {row["country_code"] for row in read_pg_rows(pg_url).values()} == {"NL"}
+
+
+async def test_upkeep_rows_kept_up_between_read_and_claim_are_not_asked_again(
+        stale_config: Config, pg_url: str, fake_clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance whose read of a chunk is overtaken (another one claims, asks, writes and
+    releases those rows before its own claim) drops them once claimed: asked once in all."""
+    late = await open_store(stale_config)
+    assert isinstance(late, FleetStore)
+    read = late.store.upkeep_chunks
+    other = Recording(geo=WHOLE)
+
+    async def overtaken(*args: Any) -> AsyncIterator[list[Stored]]:
+        async for chunk in read(*args):
+            if not other.asked:  # the other instance runs its whole pass in between
+                await upkeep_instance(stale_config, other, fake_clock)
+            yield chunk
+
+    monkeypatch.setattr(late.store, "upkeep_chunks", overtaken)
+    slow = Recording(geo=WHOLE)
+    summary = await upkeep_instance(stale_config, slow, fake_clock, late)
+    assert (sorted(other.asked), slow.asked) == (sorted(ADDRESSES), [])
+    assert (summary.changed, summary.superseded) == (0, 0)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM writes").fetchone() == (len(ADDRESSES),)
 
 
 @pytest.mark.slow
