@@ -44,13 +44,13 @@ TAKEOVER_SLACK_S = 0.5  # after the last foreign lease should have expired, by t
 
 async def open_pg_store(config: Config, *, claim: bool = True) -> PgStore | FleetStore:
     """The PostgreSQL store `[database]` describes; a `FleetStore` when `geod_schema` is set
-    and the caller means to work (`claim`), not only to look.
+    and the caller means to work (`claim`), not only to look (then the session is read-only).
 
     Raises:
         ConfigError: the table or a mapped column is missing.
         StoreError: the server cannot be reached, or geod's schema cannot be prepared.
     """
-    store = await PgStore.open(config.database, config.source)
+    store = await PgStore.open(config.database, config.source, readonly=not claim)
     if not (config.database.geod_schema and claim):
         return store
     try:

@@ -1,8 +1,9 @@
 """`geod explain ADDRESS` and `geod once --dry-run`: what geod sees and would do, written nowhere.
 
-Both run the real providers and the real pass logic against the real table, but every write goes
-to a `DryRunStore` that records it instead. Neither asks a metered provider (ip-api) unless told
-to (`ask_ipapi`): a look at one row must not spend the quota the NULL rows need.
+Both run the real providers and the real pass logic against the real table, in either store, but
+every write goes to a `DryRunStore` that records it instead. Neither asks a metered provider
+(ip-api) unless told to (`ask_ipapi`): a look at one row must not spend the quota the NULL rows
+need. Neither takes a fleet's leases nor touches its attempt log.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,25 +19,27 @@ from typing import Any
 from geod.addresses import classify as classify_address
 from geod.chain import Chain
 from geod.config import Config
-from geod.errors import StoreError
 from geod.negcache import NegativeCache
 from geod.provider import Provider, Resources, is_metered, make_session, source_tag
 from geod.ratelimit import RateGovernor
 from geod.records import (
     Change,
+    DueCount,
     Geo,
+    Outcome,
     PassSummary,
+    Row,
     Stored,
+    StoreReport,
     Update,
     UpkeepQuery,
     WriteDeadline,
     Written,
 )
 from geod.resolve import Pass, utc_now
-from geod.sqlite_store import SqliteStore
 from geod.sqlite_write import KEPT
 from geod.state import CorruptState, recorded, state_path
-from geod.store import open_store
+from geod.store import Store, open_store
 from geod.upkeep import Cursor, for_pass
 from geod.upkeep_rules import Kind, decide, local_fill, make_query, utc_datetime
 from geod.upkeep_rules import classify as classify_row
@@ -60,19 +63,40 @@ class Planned:
                            for name, (old, new) in self.fields.items()}}
 
 
-class DryRunStore(SqliteStore):
-    """The real `SqliteStore` (reads and all), whose writes are recorded as `Planned` rows and
-    never reach the file (which is open read-only besides)."""
+class DryRunStore:
+    """A real store, read as it is, whose writes are recorded as `Planned` rows instead.
 
-    planned: list[Planned]
+    The store under it is opened read-only (`open_store(readonly=True)`: SQLite's mode=ro, a
+    read-only PostgreSQL session, never a fleet's leases), so nothing could reach the table.
+    """
 
-    @classmethod
-    async def open_readonly(cls, config: Config) -> DryRunStore:
-        store = await cls.open(config.database, config.source, readonly=True)
-        if not isinstance(store, DryRunStore):  # pragma: no cover - open() builds a cls
-            raise TypeError("SqliteStore.open did not build a DryRunStore")
-        store.planned = []
-        return store
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.planned: list[Planned] = []
+
+    async def count_due(self) -> int:
+        return await self._store.count_due()
+
+    async def due_counts(self) -> DueCount:
+        return await self._store.due_counts()
+
+    def due_chunks(self, size: int | None = None) -> AsyncIterator[list[Row]]:
+        return self._store.due_chunks() if size is None else self._store.due_chunks(size)
+
+    def upkeep_chunks(self, query: UpkeepQuery, after: Any = None, size: int | None = None
+                      ) -> AsyncGenerator[list[Stored], None]:
+        if size is None:
+            return self._store.upkeep_chunks(query, after)
+        return self._store.upkeep_chunks(query, after, size)
+
+    async def read_row(self, key: str) -> dict[str, Any] | None:
+        return await self._store.read_row(key)
+
+    async def report(self) -> StoreReport:
+        return await self._store.report()
+
+    async def close(self) -> None:
+        await self._store.close()
 
     async def write(self, updates: Sequence[Update], resolved_at: str,
                     deadline: WriteDeadline | None = None) -> Written:
@@ -93,6 +117,12 @@ class DryRunStore(SqliteStore):
             self._plan(change.key, change.kind, change.expected, change.sets)
             counts[change.kind] = counts.get(change.kind, 0) + 1
         return counts
+
+    async def settle(self, outcomes: Mapping[str, Outcome]) -> None:
+        """A preview shares nothing: no instance of a fleet hears of its look-ups."""
+
+    async def clear_attempts(self) -> int | None:
+        return None
 
     def _plan(self, key: str, kind: str, stored: dict[str, Any], new: dict[str, Any]) -> None:
         fields = {name: (stored[name], new[name]) for name in stored  # the table's order
@@ -135,19 +165,12 @@ async def _chain(config: Config, ask_ipapi: bool) -> tuple[Chain, Resources]:
 
 
 async def dry_run(config: Config, *, ask_ipapi: bool = False) -> tuple[PassSummary, list[Planned]]:
-    """One pass exactly as `geod once` runs it, with every write recorded instead of made.
-
-    Raises:
-        StoreError: `[database] url` is set: the dry run knows SQLite only, so far.
-    """
-    if config.database.url:
-        raise StoreError("once --dry-run reads SQLite only; with [database] url it is not "
-                         "available yet (geod status shows the PostgreSQL table's state)")
+    """One pass exactly as `geod once` runs it, with every write recorded instead of made."""
     chain, resources = await _chain(config, ask_ipapi)
     loop = asyncio.get_running_loop()
     try:
-        # Read-only (mode=ro): a preview can never create or change a file, whatever it does.
-        store = await DryRunStore.open_readonly(config)
+        # Read-only: a preview can never create or change anything, whatever it does.
+        store = DryRunStore(await open_store(config, readonly=True))
         try:
             neg = config.negative_cache
             upkeep = for_pass(config, store, chain.providers,
@@ -170,7 +193,7 @@ async def explain(config: Config, address: str, *, ask_ipapi: bool = False,
     """What geod knows and would do about one stored address (nothing is written)."""
     store = await open_store(config, readonly=True)
     try:
-        stored = await store.read_row(address) if isinstance(store, SqliteStore) else None
+        stored = await store.read_row(address)
     finally:
         await store.close()
     target = classify_address(address)

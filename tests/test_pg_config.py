@@ -184,13 +184,3 @@ async def test_open_store_picks_postgresql_from_the_url(tmp_path: Path, pg_url: 
     assert isinstance(fleet, FleetStore)
     await fleet.close()
     assert not (tmp_path / "geo.db").exists()
-
-
-def test_dry_run_says_it_knows_sqlite_only(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """`once --dry-run` with a PostgreSQL url fails with one line; it never opens geo.db."""
-    toml = f'[database]\nurl = "{URL}"\n'
-    assert main(["once", "--dry-run", "--config",
-                 str(write_config(tmp_path / "g.toml", toml))]) == 1
-    assert "once --dry-run reads SQLite only" in capsys.readouterr().err
-    assert not (tmp_path / "geo.db").exists()

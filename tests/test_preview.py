@@ -1,10 +1,10 @@
 """`geod explain` and `geod once --dry-run` as the operator runs them: the real process, a real
-table and .mmdb file, the fake ip-api. They write nothing and spend no quota unless asked."""
+table in either store (`app_db`) and .mmdb file, the fake ip-api. They write nothing, take no
+fleet lease and spend no quota unless asked."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -16,9 +16,10 @@ import pytest
 from geod.negcache import NegativeCache
 from geod.ratelimit import BAN_PAUSE, RateGovernor
 from geod.state import StateFile
-from tests.conftest import FakeClock, MakeDb, read_rows, write_config
+from tests.conftest import FakeClock, read_rows, toml_value, write_config
 from tests.mmdb_files import geolite2_country, write_mmdb
 from tests.proc import FakeServer, run_geod, start_fake_ipapi
+from tests.store_backends import StoreBackend
 
 SCHEMA = ("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
           "asn TEXT, org TEXT, cached_at TEXT, source TEXT)")
@@ -39,15 +40,16 @@ def fake(tmp_path: Path) -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, make_db: MakeDb, fake: FakeServer) -> tuple[Path, Path]:
-    """(config, database): chain mmdb, ip-api; the file knows 8.8.8.0/24 and 77.88.0.0/16."""
+def setup(tmp_path: Path, app_db: StoreBackend, fake: FakeServer) -> tuple[Path, StoreBackend]:
+    """(config, table): chain mmdb, ip-api; the file knows 8.8.8.0/24 and 77.88.0.0/16."""
     write_mmdb(tmp_path / "c.mmdb", {"8.8.8.0/24": geolite2_country("US", "United States"),
                                      "77.88.0.0/16": geolite2_country("RU", "Russia")},
                build_epoch=1_764_000_000)
-    db = make_db(ROWS, schema=SCHEMA, insert=INSERT)
+    db = app_db(ROWS, schema=SCHEMA, insert=INSERT)
+    database = "\n".join(f"{key} = {toml_value(value)}" for key, value in db.database.items())
     config = write_config(tmp_path / "geod.toml", f"""
 [database]
-path = "{db}"
+{database}
 [database.columns]
 source = "source"
 [resolve]
@@ -62,11 +64,11 @@ level = "warning"
     return config, db
 
 
-def table(db: Path) -> dict[str, dict[str, Any]]:
+def table(db: StoreBackend) -> dict[str, dict[str, Any]]:
     return read_rows(db)
 
 
-def test_dry_run_lists_the_changes_and_writes_nothing(setup: tuple[Path, Path],
+def test_dry_run_lists_the_changes_and_writes_nothing(setup: tuple[Path, StoreBackend],
                                                       fake: FakeServer) -> None:
     """A diff of every row the pass would write; the file and ip-api's quota are untouched."""
     config, db = setup
@@ -82,7 +84,25 @@ def test_dry_run_lists_the_changes_and_writes_nothing(setup: tuple[Path, Path],
     assert fake.batches() == []
 
 
-def test_dry_run_json_and_ask_ipapi(setup: tuple[Path, Path], fake: FakeServer) -> None:
+@pytest.mark.parametrize("app_db", ["postgresql"], indirect=True)
+def test_a_dry_run_in_a_fleet_takes_no_lease(setup: tuple[Path, StoreBackend],
+                                            fake: FakeServer) -> None:
+    """With `geod_schema` set, the dry run still previews every due row (not a claim's share)
+    and leaves geod's schema alone: no lease, no attempt log, not even the tables created."""
+    config, db = setup
+    config.write_text(config.read_text().replace("[database.columns]",
+                                                 'geod_schema = "geod"\n[database.columns]'))
+    before = table(db)
+    result = run_geod("once", "--dry-run", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    planned = {row["ip"]: row["kind"] for row in json.loads(result.stdout)["would_write"]}
+    assert planned == {"8.8.8.8": "resolved", "77.88.8.8": "changed", "1.1.1.1": "filled"}
+    assert table(db) == before
+    assert db.query("SELECT to_regnamespace('geod')::text") == [(None,)]
+    assert fake.batches() == []
+
+
+def test_dry_run_json_and_ask_ipapi(setup: tuple[Path, StoreBackend], fake: FakeServer) -> None:
     """--json is one object; --ask-ipapi is the one way a preview spends quota."""
     config, db = setup
     result = run_geod("once", "--dry-run", "--json", "--ask-ipapi", "--config", str(config))
@@ -96,7 +116,7 @@ def test_dry_run_json_and_ask_ipapi(setup: tuple[Path, Path], fake: FakeServer) 
     assert table(db)["9.9.9.9"]["country_code"] is None
 
 
-def test_explain_shows_the_row_each_answer_and_the_write(setup: tuple[Path, Path],
+def test_explain_shows_the_row_each_answer_and_the_write(setup: tuple[Path, StoreBackend],
                                                           fake: FakeServer) -> None:
     """Stored row, verdict, answers in chain order (ip-api not asked), what a pass would write."""
     config, db = setup
@@ -117,14 +137,11 @@ def test_explain_shows_the_row_each_answer_and_the_write(setup: tuple[Path, Path
     assert [a["provider"] for a in asked["answers"]] == ["mmdb", "ip-api"]
     assert asked["would_write"]["kind"] == "resolved"
     assert fake.batches() == [["9.9.9.9"]]
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM geo_cache WHERE country_code IS NULL"
-                            ).fetchone() == (3,)
-    conn.close()
+    assert db.query("SELECT COUNT(*) FROM geo_cache WHERE country_code IS NULL") == [(3,)]
 
 
 def test_explain_shows_the_back_off_and_pause_the_state_file_holds(
-        tmp_path: Path, setup: tuple[Path, Path], fake: FakeServer) -> None:
+        tmp_path: Path, setup: tuple[Path, StoreBackend], fake: FakeServer) -> None:
     """With the daemon's state file: the address's real back-off (pass and upkeep) and an
     ip-api ban, as wall-clock times; the file is read, never written."""
     config, _ = setup
