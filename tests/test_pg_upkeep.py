@@ -12,6 +12,8 @@ from geod.config import ColumnsConfig
 from geod.errors import StoreError
 from geod.pg_store import PgStore
 from geod.records import Change, Geo, Update, UpkeepQuery
+from geod.store import open_store
+from tests.conftest import MakeConfig
 from tests.pg_helpers import make_pg_table, pg_config, read_pg_rows
 
 TYPED = ("CREATE TABLE geo_cache (ip inet PRIMARY KEY, country_code char(2), "
@@ -76,17 +78,22 @@ async def test_a_row_the_app_holds_is_left_alone_without_waiting(pg_url: str) ->
         ("DE", "FR")
 
 
-async def test_a_readonly_store_cannot_write(pg_url: str) -> None:
-    """`geod status`, `explain` and a dry run open the session read-only: the server itself
-    refuses a write, whatever bug might try one."""
-    make_pg_table(pg_url, [("8.8.8.8", None)])
-    store = await PgStore.open(pg_config(pg_url), "geod.toml", readonly=True)
+async def test_a_readonly_store_cannot_write(pg_url: str, make_config: MakeConfig) -> None:
+    """`geod status`, `explain` and a dry run open the store read-only: never a fleet's store
+    (even with geod_schema set), and a session whose writes the server itself refuses."""
+    make_pg_table(pg_url, [("8.8.8.8", None, None, None)], schema=TYPED,
+                  insert="INSERT INTO geo_cache (ip, country_code, cached_at, source) "
+                         "VALUES (%s, %s, %s, %s)")
+    config = make_config(database={"url": pg_url, "geod_schema": "geod"})
+    store = await open_store(config, readonly=True)
     try:
-        assert await store.read_row("8.8.8.8") is not None
+        assert isinstance(store, PgStore)  # no leases, no attempt log
+        assert (await store.read_row("8.8.8.8") or {})["country_code"] is None
         assert await store.read_row("not an address") is None  # not an inet: no such row
         with pytest.raises(StoreError, match="read-only transaction"):
             await store.write([Update("8.8.8.8", Geo("US"))], "2026-11-29T12:00:00Z")
     finally:
         await store.close()
     assert read_pg_rows(pg_url)["8.8.8.8"]["country_code"] is None
-
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regnamespace('geod')::text").fetchone() == (None,)
