@@ -3,12 +3,12 @@
 `FleetStore` is the `store.Store` several geod instances share one table through: it hands the
 pass only rows whose address it has leased (`pg_lease.Fleet.claim`), keeps those leases
 renewed while the pass works on them (rate-limit waits included), records the pass's outcomes in
-the shared attempt log before it releases them, and takes over rows whose holder died: before
-each claim when their leases have expired, and at the end of a walk by waiting once for the
-leases still running. Leases and the log are keyed on the address sent, not on the row's key.
-Upkeep (`[refresh]`) claims the same leases, chunk by chunk, so no two instances ask about one
-address at once there either (`upkeep_chunks`). The pass does not know it is in a fleet: it sees
-chunks, writes and `settle`.
+the shared attempt log before it releases them, and takes over rows whose holder died once
+their leases have expired (before each claim, and once more at the end of a walk); it never
+waits for a lease still running. Leases and the log are keyed on the address sent, not on the
+row's key. Upkeep (`[refresh]`) claims the same leases, chunk by chunk, so no two instances ask
+about one address at once there either (`upkeep_chunks`). The pass does not know it is in a
+fleet: it sees chunks, writes and `settle`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from geod.records import (
 log = structlog.get_logger("geod.fleet")
 
 CLAIM_SIZE = 100  # rows per lease: one ip-api batch, so a killed instance strands at most this
-TAKEOVER_SLACK_S = 0.5  # after the last foreign lease should have expired, by the server's clock
 
 
 async def open_pg_store(config: Config, *, claim: bool = True) -> PgStore | FleetStore:
@@ -137,51 +136,47 @@ class FleetStore:
         claimed address comes with every due row that spells it, so no two instances ask about
         one address however the app spelled it. Rows never sendable are handed out once, with
         no lease (the pass counts them and sends nothing). A chunk's leases are renewed while
-        the pass works on it and released when it asks for the next one. Addresses others hold
-        are passed over; when the walk ends while some are still held, it waits once for those
-        leases to end and walks again, so a killed instance's rows are taken over in this
-        pass, not the next.
+        the pass works on it and released when it asks for the next one.
+
+        Addresses others hold are passed over and never waited for, as a job queue's worker
+        never waits on another's job: a live holder renews its leases and writes those rows
+        itself, and a dead one's leases are taken over by the first claim after they expire
+        (before each claim of this walk, in one more round at its end, or by the next pass).
+        So a pass, `geod once` included, ends when its own work is done.
         """
         size = max(1, min(size, CLAIM_SIZE))
         if not self._pruned:
             await self.fleet.prune(self._backoff.max_ttl)
             self._pruned = True
-        waited = False
-        while True:
-            unsendable, by_address = await self._due_by_address()
-            if not waited:
-                for start in range(0, len(unsendable), size):
-                    yield unsendable[start:start + size]
-            claimed = 0
-            passed_over: list[str] = []
-            addresses = list(by_address)
-            for start in range(0, len(addresses), size):
-                # Rows a dead instance held come first: behind this walk's position, it would
-                # otherwise reach them only at its end.
-                while rows := await self._claim(await self.fleet.take_expired(size), by_address):
-                    log.info("fleet_took_over", rows=len(rows))
-                    claimed += len(rows)
-                    self._renew()
-                    try:
-                        yield rows
-                    finally:
-                        await self._release()
-                batch = addresses[start:start + size]
-                rows = await self._claim(batch, by_address)
-                passed_over += [address for address in batch if address not in self._held]
-                if rows:
-                    claimed += len(rows)
-                    self._renew()
-                    try:
-                        yield rows
-                    finally:
-                        await self._release()
-            left = await self.fleet.foreign_lease_left(passed_over)
-            if left is None or (waited and not claimed):
-                return
-            log.info("fleet_waiting_for_leases", seconds=round(left, 1))
-            await asyncio.sleep(left + TAKEOVER_SLACK_S)
-            waited = True
+        unsendable, by_address = await self._due_by_address()
+        for start in range(0, len(unsendable), size):
+            yield unsendable[start:start + size]
+        addresses = list(by_address)
+        passed_over: list[str] = []
+        # One round more than there are batches: at the walk's end only expired leases are
+        # claimed (those that ran out after its last claim).
+        for start in range(0, len(addresses) + size, size):
+            # Rows a dead instance held come first: behind this walk's position, it would
+            # otherwise reach them only at its end.
+            while rows := await self._claim(await self.fleet.take_expired(size), by_address):
+                log.info("fleet_took_over", rows=len(rows))
+                self._renew()
+                try:
+                    yield rows
+                finally:
+                    await self._release()
+            batch = addresses[start:start + size]
+            rows = await self._claim(batch, by_address)
+            passed_over += [address for address in batch if address not in self._held]
+            if rows:
+                self._renew()
+                try:
+                    yield rows
+                finally:
+                    await self._release()
+        left = await self.fleet.foreign_lease_left(passed_over)
+        if left is not None:
+            log.info("fleet_left_to_others", seconds=round(left, 1))
 
     async def _due_by_address(self) -> tuple[list[Row], dict[str, list[Row]]]:
         """The due rows now, read in bounded chunks: (those never sendable, address -> rows)."""
