@@ -7,6 +7,8 @@ Pure functions over `ipaddress`. In Python 3.11 `is_global` alone lets some rang
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -57,26 +59,22 @@ _V4_SPECIAL_STARTS, _V4_SPECIAL_ENDS = _merged((
 ))
 
 
+# Dotted-quad text exactly as ipaddress prints it: ASCII digits, no leading zeros, each <= 255.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}", re.ASCII)
+
+
 def _plain_public_ipv4(text: str) -> bool:
     """True for canonical dotted-quad text outside every special block.
 
-    A pass reads up to 100,000 rows; ipaddress spends ~20 us on each to say what this says in
-    ~1 us for the common case. Canonical means what ipaddress would print back (ASCII digits,
-    no leading zeros), so the text itself is the normal form.
+    A pass reads up to 100,000 rows (a fleet instance all of them before its first claim);
+    ipaddress spends ~20 us on each to say what this says in ~0.5 us for the common case.
+    Canonical means what ipaddress would print back, so the text itself is the normal form,
+    and `inet_aton` (lenient on other forms) reads it exactly.
     """
-    parts = text.split(".")
-    if len(parts) != 4:
+    if _CANONICAL_QUAD.fullmatch(text) is None:
         return False
-    value = 0
-    for part in parts:
-        if not (part.isascii() and part.isdigit()) or len(part) > 3:
-            return False
-        if len(part) > 1 and part[0] == "0":
-            return False
-        octet = int(part)
-        if octet > 255:
-            return False
-        value = value << 8 | octet
+    value = int.from_bytes(socket.inet_aton(text), "big")
     index = bisect_right(_V4_SPECIAL_STARTS, value) - 1
     return index < 0 or value > _V4_SPECIAL_ENDS[index]
 
@@ -117,4 +115,7 @@ def classify(raw: str) -> Classified:
 
 def sendable(raw: str) -> str | None:
     """The normal form of `raw` if it may be sent, else None."""
+    text = raw.strip()
+    if _plain_public_ipv4(text):  # the common case, without building a Classified
+        return text
     return classify(raw).address

@@ -203,9 +203,10 @@ def test_block_edges_agree_with_ipaddress(value: int) -> None:
 @settings(max_examples=2000, deadline=None, derandomize=True, database=None)
 @given(value=st.integers(min_value=0, max_value=2**32 - 1))
 def test_any_ipv4_agrees_with_ipaddress(value: int) -> None:
-    """Anywhere in IPv4 space, the fast path says what ipaddress says."""
+    """Anywhere in IPv4 space, the fast path says what ipaddress says (classify and sendable)."""
     text = str(ipaddress.IPv4Address(value))
     assert classify(text) == slow(text)
+    assert sendable(f" {text}\t") == slow(text).address
 
 
 def test_every_non_global_block_of_this_python_is_covered() -> None:
@@ -227,6 +228,7 @@ def test_every_non_global_block_of_this_python_is_covered() -> None:
 def test_non_canonical_text_is_left_to_ipaddress(raw: str) -> None:
     """Anything but plain dotted-quad text gets ipaddress's (here: invalid) verdict."""
     assert classify(raw).address is None
+    assert sendable(raw) is None
 
 
 def test_public_text_is_its_own_normal_form() -> None:
