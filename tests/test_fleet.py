@@ -312,6 +312,34 @@ async def test_leases_that_expire_during_the_walk_are_taken_over_at_its_end(
         await dead.close()
 
 
+async def test_a_walk_behind_the_others_leases_nothing_they_wrote(
+        fleet_config: Config, pg_url: str) -> None:
+    """Rows others wrote after this walk read the table are passed by without a lease: a
+    lagging instance adds no write to geod's lease table for them (the old walk leased and
+    released every such address)."""
+    make_pg_table(pg_url, [(a, None) for a in ADDRESSES[:300]])
+    lagging = await open_store(fleet_config)
+    assert isinstance(lagging, FleetStore)
+    walk = lagging.due_chunks()
+    try:
+        first = [row.key for row in await anext(walk)]  # the walk has read all 300 rows
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE geo_cache SET country_code = 'NL' WHERE NOT ip = ANY(%s)",
+                         (first,))  # the other instances wrote the rest meanwhile
+            conn.execute("CREATE TABLE lease_writes (address text)")
+            conn.execute("CREATE FUNCTION note_lease() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                         "BEGIN INSERT INTO lease_writes VALUES (NEW.address); RETURN NEW; "
+                         "END $$")
+            conn.execute("CREATE TRIGGER note_lease BEFORE INSERT OR UPDATE ON geod.lease "
+                         "FOR EACH ROW EXECUTE FUNCTION note_lease()")
+        assert [chunk async for chunk in walk] == []
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM lease_writes").fetchone() == (0,)
+    finally:
+        await walk.aclose()
+        await lagging.close()
+
+
 @pytest.mark.slow
 def test_a_killed_geod_leaves_its_rows_to_the_next(tmp_path: Path, pg_url: str) -> None:
     """`kill -9` of a real `geod once` mid-batch: the next `geod once` does its own rows and
