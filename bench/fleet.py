@@ -133,6 +133,10 @@ def summary(url: str, fake: FakeServer, started: float) -> dict[str, float]:
         twice = conn.execute("SELECT count(*) FROM geo_cache WHERE writes > 1").fetchone()
         left = conn.execute("SELECT count(*) FROM geo_cache WHERE country_code IS NULL"
                             ).fetchone()
+        # Claim contention: lease rows written, per row of the table (the processes have
+        # exited, so their statistics are flushed).
+        leases = conn.execute("SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables "
+                              "WHERE schemaname = 'geod' AND relname = 'lease'").fetchone()
     times: dict[str, list[float]] = collections.defaultdict(list)
     rows: collections.Counter[str] = collections.Counter()
     for r in answered:
@@ -143,6 +147,7 @@ def summary(url: str, fake: FakeServer, started: float) -> dict[str, float]:
         "asked": sum(asked.values()), "asked_twice": sum(1 for c in asked.values() if c > 1),
         "http_429": statuses[429], "http_403": statuses[403],
         "written_twice": int((twice or (0,))[0]), "left_null": int((left or (0,))[0]),
+        "leases_written": int((leases or (0,))[0]),
         # Start-up: from spawning the processes to an instance's first answered request.
         "first_request_s": min((min(ts) for ts in times.values()), default=0.0) - started,
         "last_first_request_s": max((min(ts) for ts in times.values()), default=0.0) - started,
@@ -208,7 +213,8 @@ def main() -> None:
                     f"{counts['busy_s']:.1f} s; asked {counts['asked']}, "
                     f"asked twice {counts['asked_twice']}, 429s {counts['http_429']}, "
                     f"403s {counts['http_403']}, written twice {counts['written_twice']}, "
-                    f"left NULL {counts['left_null']}")
+                    f"left NULL {counts['left_null']}; lease rows written "
+                    f"{counts['leases_written']}")
             if args.kill:
                 took = figures["takeover_s"]
                 line += (f"; kill -9 of one instance holding {figures['dead_rows']:.0f} rows: "
