@@ -9,7 +9,8 @@ seconds; throughput scales with it. Reports per N: wall time until every row is 
 rate beside it (each instance's rows over its own first-to-last answered request, summed:
 start-up and the last partial window left out); when the first and the last instance's first
 request came (start-up); addresses asked more than once, 429s and bans, rows written more than
-once (a trigger counts fills); the load average (the machine may be shared). `--kill` kills -9
+once (a trigger counts fills); lease rows written (one per row is the floor; more is claim
+contention); the load average (the machine may be shared). `--kill` kills -9
 one of N instances mid-run and times the take-over; `--app` runs the app writer beside N
 instances and reports its longest wait (and the server's logged lock waits over 1 ms). Not a
 test: CI never runs it.
