@@ -174,6 +174,8 @@ class Result:
     ceiling_ips_per_s: float  # what the quota allowed geod, less the others' share
     detail: dict[str, Any] = field(default_factory=dict)
     series: list[dict[str, float]] = field(default_factory=list)  # see `server_windows`
+    # Every request: [seconds after the first, tenant, status], to see where a refusal fell.
+    requests: list[list[Any]] = field(default_factory=list)
 
 
 def server_windows(requests: list[RecordedRequest], window: float, t_first: float,
@@ -226,6 +228,7 @@ async def scenario(client_name: str, client: Client, tenant_label: str, server: 
         ceiling_ips_per_s=round(capacity * BATCH / stats.span, 2) if stats.span else 0.0,
         detail=detail,
         series=server_windows(records, window, t_first, deadline),
+        requests=[[round(r.time - t_first, 3), r.tenant, r.status] for r in records],
     )
 
 
