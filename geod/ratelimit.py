@@ -15,6 +15,7 @@ Pure bookkeeping plus one `wait_turn` coroutine, testable with a fake clock.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -281,9 +282,13 @@ class RateGovernor:
         if not self.share or self._last_sent is None or self.reset_at is None:
             return now
         to_come = self.demand() * max(self.reset_at - now, 0.0) / max(self.window, 1.0)
-        expected = (self.remaining or 0) - self.reserve - to_come - FINAL_BURST
-        # Start the burst early enough for its requests to finish before the reset.
-        end = self.reset_at - self._final_slot() - FINAL_BURST * self.latency
+        left = (self.remaining or 0) - self.reserve - to_come  # geod's, expected
+        expected = left - FINAL_BURST
+        # Start the burst early enough for its requests to finish before the reset, and no
+        # earlier: a burst of two started as if it were four ends two round trips early, and
+        # the others' requests after it find nothing (4 % refused under load, 1 s round trips).
+        burst = min(max(math.ceil(left), 1), FINAL_BURST)
+        end = self.reset_at - self._final_slot() - burst * self.latency
         if expected < 1:
             return max(end, now)  # what is left goes in the final burst
         return self._last_sent + max(end - self._last_sent, 0.0) / (expected + 1)
