@@ -36,6 +36,9 @@ async def check_config(config: Config, who: Identity | None) -> list[str]:
     """
     check_files(config)
     database = config.database
+    if database.url and database.password_file and not database.password:
+        # `--no-key-file`: the password is a credential only the running service holds.
+        return ["the PostgreSQL login was not checked: password_file was left unread"]
     if database.url:  # PostgreSQL: no file to check; the server says what geod may do
         store = await open_store(config, readonly=True)
         await store.close()

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", "-q", action="store_true",
                        help="print nothing when all is well (systemctl reload runs this)")
     check.add_argument("--no-key-file", action="store_true",
-                       help="do not read [ipapi] key_file (systemctl reload: a LoadCredential= "
-                            "key is fixed when the service starts)")
+                       help="do not read [ipapi] key_file or [database] password_file, nor "
+                            "log in to PostgreSQL with that password (systemctl reload: "
+                            "LoadCredential= files are fixed when the service starts)")
     status = commands.add_parser("status", parents=[common], help="show the table's state")
     status.add_argument("--json", action="store_true", help="one JSON object, for machines")
     install = commands.add_parser(
@@ -112,8 +113,9 @@ def _command(args: argparse.Namespace) -> int:
         logs.configure("warning", "auto", sys.stderr)
         run_demo(args.dir, sys.stdout)
         return EXIT_OK
-    skip_key = args.command == "check-config" and args.no_key_file
-    config = load_config(config_path(getattr(args, "config", None)), read_key_file=not skip_key)
+    skip_secrets = args.command == "check-config" and args.no_key_file
+    config = load_config(config_path(getattr(args, "config", None)),
+                         read_secrets=not skip_secrets)
     stream = sys.stdout if args.command == "run" else sys.stderr
     logs.configure(config.log.level, config.log.format, stream)
     if args.command == "check-config":

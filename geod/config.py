@@ -214,12 +214,13 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) 
 
 
 def load_config(
-    path: Path | str, environ: Mapping[str, str] = os.environ, *, read_key_file: bool = True
+    path: Path | str, environ: Mapping[str, str] = os.environ, *, read_secrets: bool = True
 ) -> Config:
-    """Read, validate and complete the config at `path` (and the key file it names).
+    """Read, validate and complete the config at `path` (and the secret files it names).
 
-    `read_key_file=False` leaves `ipapi.key_file` unread (`check-config --no-key-file`, which
-    `systemctl reload` runs: a LoadCredential= key is fixed at start and unreadable to it).
+    `read_secrets=False` leaves `ipapi.key_file` and `database.password_file` unread
+    (`check-config --no-key-file`, which `systemctl reload` runs: LoadCredential= files are
+    fixed at start, and systemd 252 does not give them to ExecReload= in the unit's sandbox).
 
     Raises:
         ConfigError: the file is missing, unreadable, not TOML, or any value is invalid.
@@ -240,8 +241,8 @@ def load_config(
         raise ConfigError(file, "", "invalid TOML: nested too deeply") from None
     config = build(Config, raw, "", file)
     _check_relations(config, file)
-    config = _read_password_file(config, Path(path), environ)
-    if read_key_file:
+    if read_secrets:
+        config = _read_password_file(config, Path(path), environ)
         config = _read_key_file(config, Path(path), environ)
     return _derive(config, Path(path))
 

@@ -488,3 +488,20 @@ def test_check_config_for_reload_leaves_the_key_file_unread(tmp_path: Path) -> N
     path.write_text(path.read_text() + "[daemon]\n")  # a second [daemon] table: invalid TOML
     bad = run_geod("--config", str(path), "check-config", "--quiet", "--no-key-file")
     assert bad.returncode == 78 and bad.stderr.startswith(f"geod: {path}: invalid TOML"), bad.stderr
+
+
+def test_check_config_for_reload_leaves_the_postgresql_password_unread(tmp_path: Path) -> None:
+    """The README's PostgreSQL unit (password_file from LoadCredential=): `systemctl reload`
+    runs `check-config --no-key-file` without $CREDENTIALS_DIRECTORY (systemd 252 gives
+    ExecReload= no credentials in the sandbox), so it must neither read the password nor log
+    in with it; before, every reload of such a unit failed with exit 78."""
+    path = tmp_path / "geod.toml"
+    path.write_text('[database]\nurl = "postgresql://geod@127.0.0.1:9/app"\n'
+                    'password_file = "$CREDENTIALS_DIRECTORY/pg-password"\n')
+    strict = run_geod("--config", str(path), "check-config", "--quiet")
+    assert strict.returncode == 78 and "password_file" in strict.stderr, strict.stderr
+    quiet = run_geod("--config", str(path), "check-config", "--quiet", "--no-key-file")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    loud = run_geod("--config", str(path), "check-config", "--no-key-file")
+    assert loud.returncode == 0
+    assert "PostgreSQL login was not checked" in loud.stderr, loud.stderr
