@@ -1,9 +1,11 @@
 """geod under a real systemd (PID 1 of a Debian 12 container): tests/e2e/systemd_e2e.sh.
 
 It runs the README's own `<!-- e2e: NAME -->` shell blocks, read from README.md at run time, for
-both deployments (geod's own database; next to a running app's WAL database), then upgrade and
-uninstall; and provokes the failures the old README led to (a database beside the config, the
-app's 0644 -wal, an invalid config on reload), checking `journalctl -u geod -p err` names each.
+both deployments (geod's own database; next to a running app's WAL database), then the app's
+table in PostgreSQL (a server on the host, its socket bound in, the password a LoadCredential=
+credential, started and reloaded), then upgrade and uninstall; and provokes the failures the old
+README led to (a database beside the config, the app's 0644 -wal, an invalid config on reload),
+checking `journalctl -u geod -p err` names each.
 
 Marked `systemd_e2e` so a developer can skip it (`-m 'not systemd_e2e'`); CI runs it. The first
 run builds the container's root file system (~80 s, cached in /var/cache/geod-e2e).

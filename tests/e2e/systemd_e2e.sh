@@ -2,7 +2,8 @@
 # geod under a real systemd: boot a Debian 12 container with systemd as its PID 1 and run the
 # README's own shell blocks in it, taken from README.md at run time (each follows an
 # `<!-- e2e: NAME -->` line), for both deployments: install, geod's own database, next to a
-# running app's WAL database, upgrade, uninstall. Between them it provokes each failure the
+# running app's WAL database, the app's table in PostgreSQL (tests/e2e/host_pg.py), upgrade,
+# uninstall. Between them it provokes each failure the
 # README's old text led to and checks that `journalctl -u geod -p err` names the cause.
 # The one test-only change to the operator's path: ip-api.com is a local fake (no network).
 #
@@ -74,7 +75,7 @@ WORK=$(mktemp -d /var/tmp/geod-e2e.XXXXXX)
 PAYLOAD=$WORK/payload
 mkdir -p "$PAYLOAD/wheels"
 say "building wheels on the host (the container has no network)"
-"$PYTHON" -m pip wheel -q -w "$PAYLOAD/wheels" "$REPO" >"$WORK/wheel.log" 2>&1 \
+"$PYTHON" -m pip wheel -q -w "$PAYLOAD/wheels" "$REPO[postgresql]" >"$WORK/wheel.log" 2>&1 \
     || fail "pip wheel failed: $(tail -5 "$WORK/wheel.log")"
 # `pip install .` from the checkout builds geod in the container: it needs setuptools offline.
 "$PYTHON" -m pip download -q -d "$PAYLOAD/wheels" "setuptools>=68" wheel >>"$WORK/wheel.log" 2>&1 \
@@ -85,6 +86,16 @@ tar -C "$REPO" --exclude=./.venv --exclude=./.git --exclude='*.egg-info' --exclu
     --exclude=__pycache__ --exclude=./.mypy_cache --exclude=./.ruff_cache --exclude=./.hypothesis \
     --exclude=./.pytest_cache -cf - . | tar -C "$PAYLOAD/src" -xf -
 cp "$REPO/tests/fake_ipapi.py" "$PAYLOAD/"
+# The app's PostgreSQL for the PostgreSQL deployment: on the host (the container has no
+# network), its socket directory bound in at /run/postgresql. No PostgreSQL 15 here: skipped.
+PGSOCK=""
+PGSTATE=$WORK/pg.json
+if pg=$("$PYTHON" "$REPO/tests/e2e/host_pg.py" start "$PGSTATE" 2>"$WORK/pg.log"); then
+    PGSOCK=${pg% *}
+    PGPORT=${pg#* }
+else
+    say "the PostgreSQL deployment is skipped: $(tail -1 "$WORK/pg.log")"
+fi
 
 # -- boot ---------------------------------------------------------------------------------------
 
@@ -103,6 +114,7 @@ cleanup() {
         # nspawn leaves empty sub-cgroups behind; remove the tree bottom-up.
         find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
     done
+    [ -n "$PGSOCK" ] && "$PYTHON" "$REPO/tests/e2e/host_pg.py" stop "$PGSTATE"
     [ -n "${GEOD_E2E_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -120,7 +132,8 @@ done
     for cg in "${CGROUPS[@]}"; do echo "$BASHPID" >"$cg/cgroup.procs"; done
     exec systemd-nspawn --quiet --directory="$ROOTFS" --volatile=overlay --boot \
         --private-network --register=no --keep-unit --link-journal=no --resolv-conf=off \
-        --bind-ro="$PAYLOAD:/payload" --machine="$name"
+        --bind-ro="$PAYLOAD:/payload" ${PGSOCK:+--bind="$PGSOCK:/run/postgresql"} \
+        --machine="$name"
 ) </dev/null >"$WORK/nspawn.log" 2>&1 &
 NSPAWN=$!
 
@@ -431,6 +444,42 @@ if err_log | has -E '^(geo_re_resolve_complete|config_reloaded|geod_starting)'; 
     fail "info events under -p err: $(err_log)"
 fi
 ok "journalctl -p err holds only the reasons; passes at info"
+
+# -- PostgreSQL: the app's table on a server, the password from LoadCredential= ----------------
+
+if [ -n "$PGSOCK" ]; then
+    c /opt/geod/bin/pip install -q --no-index --find-links /payload/wheels 'psycopg[binary]'
+    c cp /etc/geod/config.toml /root/config.app
+    c sh -ec "umask 077; printf '%s\n' e2e-pg-password > /etc/geod/pg-password"
+    c sh -ec "cat > /etc/geod/config.toml <<CONF
+[database]
+url = \"postgresql://geod@/app?host=/run/postgresql&port=$PGPORT\"
+password_file = \"\\\$CREDENTIALS_DIRECTORY/pg-password\"
+
+[ipapi]
+url = \"http://127.0.0.1:$FAKE_PORT/batch\"
+CONF"
+    c mkdir -p /etc/systemd/system/geod.service.d
+    c sh -ec 'printf "[Service]\nLoadCredential=pg-password:/etc/geod/pg-password\n" \
+        > /etc/systemd/system/geod.service.d/postgresql.conf'
+    c systemctl daemon-reload
+    since=$(c date +%s)
+    c systemctl restart geod || fail "PostgreSQL start: $(c journalctl -u geod -n 10 --no-pager -o cat)"
+    wait_status "2/2 resolved" 30
+    "$PYTHON" "$REPO/tests/e2e/host_pg.py" insert "$PGSTATE" 1.0.0.2
+    # ExecReload= runs check-config in the sandbox, where systemd 252 gives no credentials.
+    c systemctl reload geod || fail "PostgreSQL reload: $(c journalctl -u geod -n 10 --no-pager -o cat)"
+    wait_status "1/1 resolved" 30
+    [ "$("$PYTHON" "$REPO/tests/e2e/host_pg.py" resolved "$PGSTATE")" = 3 ] \
+        || fail "PostgreSQL rows not resolved"
+    pg_err=$(c journalctl -u geod -p err --since "@$since" --no-pager -o cat)
+    [ -z "$pg_err" ] || fail "PostgreSQL deployment logged errors: $pg_err"
+    ok "PostgreSQL with the password from LoadCredential=: started, reloaded, 3 rows resolved"
+    c rm /etc/systemd/system/geod.service.d/postgresql.conf /etc/geod/pg-password
+    c cp /root/config.app /etc/geod/config.toml
+    c systemctl daemon-reload
+    c systemctl restart geod
+fi
 
 # -- upgrade and uninstall, README verbatim --------------------------------------------------------
 
