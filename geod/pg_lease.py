@@ -72,6 +72,11 @@ class Fleet:
         """
         conn = await connect(config)
         try:
+            # The lease table goes from empty to thousands of pages of dead rows within one
+            # long pass (every chunk inserts and deletes its leases; autovacuum comes round
+            # once a minute). A generic plan the server keeps for a statement psycopg prepared
+            # while the table was small scans it whole ever after: plan each run afresh.
+            await conn.execute("SELECT set_config('plan_cache_mode', 'force_custom_plan', false)")
             await _ensure_schema(conn, config.geod_schema)
         except psycopg.Error as error:
             await conn.close()

@@ -206,3 +206,24 @@ async def test_a_killed_instance_leases_are_taken_over_after_expiry(
         taken.update(await survivor.claim(addresses))
         await asyncio.sleep(0.2)
     assert taken == set(addresses)
+
+
+
+async def test_lease_statements_are_planned_for_the_table_as_it_is_now(
+        open_fleet: OpenFleet) -> None:
+    """No statement on the fleet's session keeps a generic plan: the lease table goes from empty
+    to thousands of pages of dead rows within one long pass, and a plan fixed while it was small
+    scans it whole (BENCHMARKS.md: a 500,000-row fleet pass, 42-56 s with, 29 s without)."""
+    fleet = await open_fleet()
+    # A pass's first chunks: past psycopg's prepare threshold (5 runs) and the server's five
+    # custom plans of a prepared statement, after which it would weigh a generic one.
+    for start in range(0, 1500, 100):
+        chunk = ADDRESSES[start % 600:start % 600 + 100]
+        await fleet.take_expired(100)
+        await fleet.claim(chunk)
+        await fleet.release(chunk)
+    cur = await fleet._conn.execute(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+    prepared = await cur.fetchall()
+    assert len(prepared) >= 3  # take_expired, claim and release were all prepared
+    assert [(text, generic) for text, generic, _ in prepared if generic] == []
