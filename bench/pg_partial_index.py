@@ -35,9 +35,11 @@ from geod.config import Config, DatabaseConfig
 from geod.negcache import NegativeCache
 from geod.pg_lease import Fleet
 from geod.pg_store import PgStore
+from geod.provider import Provider
 from geod.records import Geo, Lookup, Outcome, PassSummary
-from geod.resolve import Pass
+from geod.resolve import Pass, utc_now
 from geod.store import open_store
+from geod.upkeep import Cursor, for_pass
 from tests.pg import start_server
 from tests.pg_helpers import PG_SCHEMA
 
@@ -132,13 +134,19 @@ def fill(url: str, rows: int, nulls: int, index: bool) -> None:
         conn.execute("VACUUM ANALYZE geo_cache")
 
 
-async def one_pass(config: Config) -> tuple[PassSummary, float]:
+async def one_pass(config: Config, provider: Provider | None = None, *, upkeep: bool = False
+                   ) -> tuple[PassSummary, float]:
+    """One real pass through `provider` (default `Instant`), with `[refresh]` upkeep after the
+    NULL rows when `upkeep` (`bench.pg_upkeep`); returns its summary and wall seconds."""
     clock = asyncio.get_running_loop().time
     started = time.perf_counter()
+    chain: list[Provider] = [provider or Instant()]
     store = await open_store(config)
     try:
-        summary = await Pass(store, [Instant()], NegativeCache(600, 86400, clock),
-                             clock=clock).run()
+        kept = (for_pass(config, store, chain, NegativeCache(600, 86400, clock), Cursor(),
+                         lambda: True, utc_now) if upkeep else None)
+        summary = await Pass(store, chain, NegativeCache(600, 86400, clock), clock=clock,
+                             upkeep=kept).run()
     finally:
         await store.close()
     return summary, time.perf_counter() - started

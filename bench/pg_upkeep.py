@@ -19,7 +19,6 @@ import logging
 import sqlite3
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,12 +27,9 @@ import psycopg
 import structlog
 
 from bench.pg_app_wait import _ip
+from bench.pg_partial_index import one_pass
 from geod.config import ColumnsConfig, Config, DatabaseConfig, RefreshConfig
-from geod.negcache import NegativeCache
-from geod.records import Geo, Lookup, Outcome, PassSummary
-from geod.resolve import Pass
-from geod.store import open_store
-from geod.upkeep import Cursor, for_pass
+from geod.records import Geo, Lookup, Outcome
 from tests.pg import start_server
 
 SCHEMA = ("CREATE TABLE geo_cache (ip TEXT PRIMARY KEY, country_code TEXT, country_name TEXT, "
@@ -74,21 +70,6 @@ def fill_pg(url: str, n: int) -> None:
         conn.execute("VACUUM ANALYZE geo_cache")
 
 
-async def one_pass(config: Config) -> tuple[PassSummary, float]:
-    clock = asyncio.get_running_loop().time
-    started = time.perf_counter()
-    store = await open_store(config)
-    try:
-        chain = [Instant()]
-        upkeep = for_pass(config, store, chain, NegativeCache(600, 86400, clock), Cursor(),
-                          lambda: True, lambda: "2026-11-29T12:00:00Z")
-        summary = await Pass(store, chain, NegativeCache(600, 86400, clock), clock=clock,
-                             upkeep=upkeep).run()
-    finally:
-        await store.close()
-    return summary, time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000)
@@ -115,7 +96,7 @@ def main() -> None:
                 took: list[float] = []
                 for _ in range(args.repeat):
                     fill()
-                    summary, seconds = asyncio.run(one_pass(config))
+                    summary, seconds = asyncio.run(one_pass(config, Instant(), upkeep=True))
                     took.append(seconds)
                 print(f"{name}: upkeep of {args.rows} stale rows in "
                       f"{statistics.median(took):.2f} s (median of {args.repeat}), "
