@@ -115,7 +115,4 @@ def classify(raw: str) -> Classified:
 
 def sendable(raw: str) -> str | None:
     """The normal form of `raw` if it may be sent, else None."""
-    text = raw.strip()
-    if _plain_public_ipv4(text):  # the common case, without building a Classified
-        return text
     return classify(raw).address
