@@ -22,8 +22,8 @@ from geod.addresses import sendable
 from geod.backlog import Backlog, parse_stamp
 from geod.negcache import NegativeCache
 from geod.provider import Provider, source_tag
-from geod.records import Geo, Lookup, Outcome, PassSummary, Row, Update, WriteDeadline, Written
-from geod.store import STOP_GRACE, Store, StoreBusy
+from geod.records import Geo, Lookup, Outcome, PassSummary, Row, Update, Written
+from geod.store import Store, StoreBusy, write_through_stop
 from geod.upkeep import Upkeep
 
 log = structlog.get_logger("geod.resolve")
@@ -301,21 +301,16 @@ class Pass:
                 self.tally.missed += rows
 
     async def _write(self, updates: list[Update], source: str) -> None:
-        # The write of results already received must survive a stop: shield it, and if the pass
-        # is cancelled meanwhile, let the write finish before the cancellation goes on.
-        deadline = WriteDeadline()
-        write = asyncio.ensure_future(self.store.write(updates, self._now_utc(), deadline))
-        try:
-            written = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            # Keep the batch if the app's lock goes soon, but don't hold up the stop.
-            deadline.at = min(deadline.at, asyncio.get_running_loop().time() + STOP_GRACE)
-            await asyncio.wait([write])
-            if not write.cancelled() and write.exception() is None:
+        def on_stop(write: asyncio.Future[Written]) -> None:
+            if write.exception() is None:
                 self._count_written(source, write.result())
             elif isinstance(write.exception(), StoreBusy):
                 log.warning("database_locked", rows=len(updates), action="dropped_on_stop")
-            raise
+
+        now = self._now_utc()
+        try:
+            written = await write_through_stop(
+                lambda deadline: self.store.write(updates, now, deadline), on_stop)
         except StoreBusy:
             self.tally.locked += len(updates)
             left = [self._stamps[u.key] for u in updates if u.key in self._stamps]

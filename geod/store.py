@@ -9,8 +9,9 @@ and `open_store` picks the implementation from the config.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import Any, Protocol
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from geod.config import Config
 from geod.errors import StoreBusy, StoreError
@@ -27,9 +28,32 @@ from geod.records import (
     Written,
 )
 
-__all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store"]
+__all__ = ["STOP_GRACE", "Store", "StoreBusy", "open_store", "write_through_stop"]
 
 STOP_GRACE = 2.0  # seconds a stop still waits for the app's lock to write an answered batch
+
+T = TypeVar("T")
+
+
+async def write_through_stop(start: Callable[[WriteDeadline], Awaitable[T]],
+                             on_stop: Callable[[asyncio.Future[T]], None]) -> T:
+    """Run the write `start(deadline)` to its end even if the pass is cancelled meanwhile.
+
+    What a provider already answered must survive a stop (SIGTERM): the write is shielded,
+    and on cancellation its deadline moves to at most STOP_GRACE from now (keep the batch if
+    the app's lock goes soon, don't hold up the stop); `on_stop` is then told how the write
+    ended before the cancellation goes on. Raises: what the write raises, or CancelledError.
+    """
+    deadline = WriteDeadline()
+    write = asyncio.ensure_future(start(deadline))
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        deadline.at = min(deadline.at, asyncio.get_running_loop().time() + STOP_GRACE)
+        await asyncio.wait([write])
+        if not write.cancelled():
+            on_stop(write)
+        raise
 
 
 class Store(Protocol):

@@ -22,8 +22,8 @@ from geod.addresses import sendable
 from geod.config import Config
 from geod.negcache import NegativeCache
 from geod.provider import Provider, is_metered, source_tag
-from geod.records import Change, Geo, Outcome, Stored, UpkeepQuery, WriteDeadline
-from geod.store import STOP_GRACE, Store, StoreBusy
+from geod.records import Change, Geo, Outcome, Stored, UpkeepQuery
+from geod.store import Store, StoreBusy, write_through_stop
 from geod.upkeep_rules import Kind, classify, decide, local_fill, make_query, utc_datetime
 
 log = structlog.get_logger("geod.upkeep")
@@ -184,16 +184,13 @@ class Upkeep:
     async def _write(self, changes: list[Change]) -> None:
         if not changes:
             return
-        deadline = WriteDeadline()
-        write = asyncio.ensure_future(self.store.write_changes(changes, deadline))
-        try:
-            counts = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            deadline.at = min(deadline.at, asyncio.get_running_loop().time() + STOP_GRACE)
-            await asyncio.wait([write])
-            if not write.cancelled() and write.exception() is None:
+        def on_stop(write: asyncio.Future[dict[str, int]]) -> None:
+            if write.exception() is None:
                 self._count(changes, write.result())
-            raise
+
+        try:
+            counts = await write_through_stop(
+                lambda deadline: self.store.write_changes(changes, deadline), on_stop)
         except StoreBusy:
             self.counts.locked += len(changes)
             log.warning("database_locked", rows=len(changes), action="retry_next_pass")
